@@ -1,0 +1,359 @@
+//! The one configuration file every berth service reads, plus its flag and environment overrides.
+//!
+//! Precedence, lowest first: built-in defaults, the TOML file (`--config`, `BERTH_CONFIG`, or
+//! `/etc/berth/config.toml` when it exists), then `BERTH_ROOT`/`BERTH_STATE`, then flags. Every
+//! key is documented in `deploy/config.toml`. An unknown key or a bad value is an error that names
+//! the key and where it came from; nothing is created before the whole configuration is valid.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where the configuration file is looked for when neither `--config` nor `BERTH_CONFIG` is given.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/berth/config.toml";
+/// Default persistent root: each service owns `<root>/<service>/`.
+pub const DEFAULT_ROOT: &str = "/var/lib/berth";
+/// Default state directory: sockets and shim state.
+pub const DEFAULT_STATE: &str = "/run/berth";
+
+/// A configuration problem, naming the key (or flag) and the file it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the schema (unknown key, wrong type).
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A value parsed but is not acceptable.
+    #[error("{origin}: key `{key}`: {reason}")]
+    Invalid {
+        origin: String,
+        key: &'static str,
+        reason: String,
+    },
+}
+
+/// Flags shared by every berth service binary and berthd.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConfigArgs {
+    /// Configuration file (TOML); default /etc/berth/config.toml when it exists.
+    #[arg(long, env = "BERTH_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Persistent root directory (overrides `root`).
+    #[arg(long, env = "BERTH_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// State directory for sockets (overrides `state`).
+    #[arg(long, env = "BERTH_STATE", value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// Log format: pretty or json (overrides `log.format`).
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// Log filter, e.g. `info` or `berth=debug` (overrides `log.level`).
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// OTLP/gRPC endpoint for trace export, e.g. http://127.0.0.1:4317 (overrides `otlp.endpoint`).
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+}
+
+/// The validated configuration of a berth process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Persistent data root; each service owns `<root>/<service>/`.
+    pub root: PathBuf,
+    /// Runtime state directory: sockets, shim state.
+    pub state: PathBuf,
+    /// Group that owns the sockets (name or numeric gid); the process's group when unset.
+    pub socket_group: Option<String>,
+    /// Seconds in-flight RPCs get to finish after SIGTERM/SIGINT before the process exits.
+    pub shutdown_timeout: u64,
+    /// Logging.
+    pub log: LogConfig,
+    /// OpenTelemetry trace export.
+    pub otlp: OtlpConfig,
+}
+
+/// Logging settings (`[log]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `pretty` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter directive such as `info` or `berth_api=debug,info`.
+    pub level: String,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Trace export settings (`[otlp]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpConfig {
+    /// OTLP/gRPC collector endpoint (`http://host:port`); no export when unset.
+    pub endpoint: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root: PathBuf::from(DEFAULT_ROOT),
+            state: PathBuf::from(DEFAULT_STATE),
+            socket_group: None,
+            shutdown_timeout: 10,
+            log: LogConfig::default(),
+            otlp: OtlpConfig::default(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Pretty,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the file named by `args` (or the default file when present) and applies overrides.
+    pub fn load(args: &ConfigArgs) -> Result<Config, ConfigError> {
+        let path = match &args.config {
+            Some(p) => Some(p.clone()),
+            None => Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.exists()),
+        };
+        let mut config = match &path {
+            Some(p) => Config::from_file(p)?,
+            None => Config::default(),
+        };
+        config.apply(args)?;
+        Ok(config)
+    }
+
+    /// Parses and validates one TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let parse_error = |message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        };
+        let de = toml::Deserializer::parse(&text).map_err(|e| parse_error(one_line(&e, &text)))?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let reason = one_line(e.inner(), &text);
+            parse_error(match key.as_str() {
+                "." | "" => reason,
+                _ => format!("key `{key}`: {reason}"),
+            })
+        })?;
+        config.validate(&format!("config {}", path.display()))?;
+        Ok(config)
+    }
+
+    fn apply(&mut self, args: &ConfigArgs) -> Result<(), ConfigError> {
+        let mut changed = Config {
+            root: args.root.clone().unwrap_or_else(|| self.root.clone()),
+            state: args.state.clone().unwrap_or_else(|| self.state.clone()),
+            ..self.clone()
+        };
+        if let Some(format) = &args.log_format {
+            changed.log.format = match format.as_str() {
+                "pretty" => LogFormat::Pretty,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(invalid(
+                        "--log-format",
+                        "log.format",
+                        format!("unknown format {other:?}, expected pretty or json"),
+                    ));
+                }
+            };
+        }
+        if let Some(level) = &args.log_level {
+            changed.log.level = level.clone();
+        }
+        if let Some(endpoint) = &args.otlp_endpoint {
+            changed.otlp.endpoint = Some(endpoint.clone()).filter(|e| !e.is_empty());
+        }
+        changed.validate("flags and environment")?;
+        *self = changed;
+        Ok(())
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        for (key, dir) in [("root", &self.root), ("state", &self.state)] {
+            if !dir.is_absolute() {
+                return Err(invalid(
+                    origin,
+                    key,
+                    format!("{} is not an absolute path", dir.display()),
+                ));
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(invalid(
+                origin,
+                "log.level",
+                format!("bad filter {:?}: {e}", self.log.level),
+            ));
+        }
+        if let Some(endpoint) = &self.otlp.endpoint {
+            let ok = endpoint
+                .parse::<http::Uri>()
+                .ok()
+                .filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+            if ok.is_none() {
+                return Err(invalid(
+                    origin,
+                    "otlp.endpoint",
+                    format!("{endpoint:?} is not an http(s)://host:port URL"),
+                ));
+            }
+        }
+        if let Some(group) = &self.socket_group {
+            resolve_group(group).map_err(|reason| invalid(origin, "socket_group", reason))?;
+        }
+        if !(1..=3600).contains(&self.shutdown_timeout) {
+            return Err(invalid(
+                origin,
+                "shutdown_timeout",
+                format!("{} is out of range 1..=3600 seconds", self.shutdown_timeout),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The directory a service owns under the root.
+    pub fn service_root(&self, service: &str) -> PathBuf {
+        self.root.join(service)
+    }
+
+    /// How long in-flight RPCs may run after a shutdown signal.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout)
+    }
+
+    /// The gid that should own sockets, if one is configured.
+    pub fn socket_gid(&self) -> Option<nix::unistd::Gid> {
+        self.socket_group
+            .as_deref()
+            .and_then(|g| resolve_group(g).ok())
+    }
+}
+
+fn invalid(origin: &str, key: &'static str, reason: String) -> ConfigError {
+    ConfigError::Invalid {
+        origin: origin.to_owned(),
+        key,
+        reason,
+    }
+}
+
+/// Resolves a group name or numeric gid.
+fn resolve_group(group: &str) -> Result<nix::unistd::Gid, String> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(nix::unistd::Gid::from_raw(gid));
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid),
+        Ok(None) => Err(format!("no group named {group:?}")),
+        Err(e) => Err(format!("looking up group {group:?}: {e}")),
+    }
+}
+
+/// toml's messages span several lines (a source excerpt); keep the line number and the reason.
+fn one_line(e: &toml::de::Error, text: &str) -> String {
+    let reason = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].lines().count().max(1);
+            format!("line {line}: {reason}")
+        }
+        None => reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::from_file(&path)
+    }
+
+    #[test]
+    fn defaults_when_empty() {
+        let c = parse("").unwrap();
+        assert_eq!(c.root, PathBuf::from(DEFAULT_ROOT));
+        assert_eq!(c.log.format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let err = parse("root = \"/x\"\n[log]\nformatt = \"json\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("formatt"), "{err}");
+        assert!(err.contains("config.toml"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (text, key) in [
+            ("root = \"relative\"", "`root`"),
+            ("[log]\nformat = \"xml\"", "xml"),
+            ("[log]\nlevel = \"a=b=c\"", "`log.level`"),
+            ("[otlp]\nendpoint = \"nope\"", "`otlp.endpoint`"),
+            ("shutdown_timeout = 0", "`shutdown_timeout`"),
+            ("socket_group = \"no-such-group-x\"", "`socket_group`"),
+            ("root = 5", "`root`"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let args = ConfigArgs {
+            root: Some("/tmp/r".into()),
+            log_format: Some("json".into()),
+            ..Default::default()
+        };
+        let mut c = Config::default();
+        c.apply(&args).unwrap();
+        assert_eq!(c.root, PathBuf::from("/tmp/r"));
+        assert_eq!(c.log.format, LogFormat::Json);
+        let bad = ConfigArgs {
+            log_format: Some("xml".into()),
+            ..Default::default()
+        };
+        assert!(
+            c.apply(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("--log-format")
+        );
+    }
+}
