@@ -202,13 +202,12 @@ async fn wait_healthy(
                 );
             }
         }
-        let mut pending = Vec::new();
-        for &service in services {
-            let status = info::probe(ctx, service).await;
-            if !status.healthy() {
-                pending.push(status);
-            }
-        }
+        let pending: Vec<Status> =
+            futures::future::join_all(services.iter().map(|&s| info::probe(ctx, s)))
+                .await
+                .into_iter()
+                .filter(|s| !s.healthy())
+                .collect();
         if pending.is_empty() {
             return Ok(());
         }

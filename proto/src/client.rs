@@ -27,7 +27,7 @@ pub enum ConnectError {
     Unreachable { socket: PathBuf, reason: String },
 }
 
-/// Adds namespace and trace context metadata to every call.
+/// Adds namespace (unless the request names its own) and trace context metadata to every call.
 #[derive(Clone)]
 pub struct CallContext {
     namespace: MetadataValue<tonic::metadata::Ascii>,
@@ -38,9 +38,11 @@ impl tonic::service::Interceptor for CallContext {
         &mut self,
         mut request: tonic::Request<()>,
     ) -> Result<tonic::Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert(namespace::HEADER, self.namespace.clone());
+        if !request.metadata().contains_key(namespace::HEADER) {
+            request
+                .metadata_mut()
+                .insert(namespace::HEADER, self.namespace.clone());
+        }
         telemetry::inject(&tracing::Span::current(), request.metadata_mut());
         Ok(request)
     }

@@ -335,6 +335,26 @@ mod tests {
     }
 
     #[test]
+    fn sample_config_is_valid_and_documents_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config.toml");
+        Config::from_file(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for key in [
+            "root =",
+            "state =",
+            "socket_group =",
+            "shutdown_timeout =",
+            "[log]",
+            "format =",
+            "level =",
+            "[otlp]",
+            "endpoint =",
+        ] {
+            assert!(text.contains(key), "deploy/config.toml lacks {key}");
+        }
+    }
+
+    #[test]
     fn flags_override_file() {
         let args = ConfigArgs {
             root: Some("/tmp/r".into()),

@@ -265,10 +265,10 @@ fn listen(path: &Path, gid: Option<nix::unistd::Gid>) -> Result<(UnixListener, u
 /// Removes each socket that is still the one this process created.
 fn remove_sockets(sockets: &[(PathBuf, u64)]) {
     for (path, inode) in sockets {
-        if std::fs::symlink_metadata(path).is_ok_and(|m| m.ino() == *inode) {
-            if let Err(e) = std::fs::remove_file(path) {
-                tracing::warn!(socket = %path.display(), error = %e, "cannot remove socket");
-            }
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.ino() == *inode)
+            && let Err(e) = std::fs::remove_file(path)
+        {
+            tracing::warn!(socket = %path.display(), error = %e, "cannot remove socket");
         }
     }
 }

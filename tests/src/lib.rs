@@ -1,0 +1,7 @@
+//! berth's test harness: start berth under a temp root, fixtures (OCI images built by our own
+//! code, a real registry on loopback), and the leak checks every end-to-end test relies on.
+
+pub mod fixtures;
+pub mod harness;
+
+pub use harness::{Berth, Mode, Options};
