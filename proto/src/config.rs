@@ -77,6 +77,10 @@ pub struct Config {
     pub log: LogConfig,
     /// OpenTelemetry trace export.
     pub otlp: OtlpConfig,
+    /// The network service.
+    pub network: NetworkConfig,
+    /// The snapshots service.
+    pub snapshots: SnapshotsConfig,
 }
 
 /// Logging settings (`[log]`).
@@ -107,6 +111,182 @@ pub struct OtlpConfig {
     pub endpoint: Option<String>,
 }
 
+/// Snapshots service settings (`[snapshots]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotsConfig {
+    /// Which snapshotter stores layers and container filesystems.
+    pub driver: SnapshotDriver,
+}
+
+/// A snapshotter (`[snapshots] driver`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotDriver {
+    /// overlayfs layers: nothing is copied.
+    #[default]
+    Overlay,
+    /// Full copies of the parent, for filesystems without overlay support.
+    Copy,
+}
+
+/// Network service settings (`[network]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Bridge interface of the predefined network `bridge` (at most 15 characters).
+    pub default_bridge: String,
+    /// Pools that subnets are picked from when a network names none.
+    pub pools: Vec<AddressPool>,
+    /// MTU of bridges and container interfaces.
+    pub mtu: u32,
+    /// Name of the nftables table (family `ip`) that berth alone creates and removes.
+    pub nft_table: String,
+    /// Servers (`ip` or `ip:port`) the embedded DNS resolver forwards names it does not know to;
+    /// empty: it answers REFUSED and nothing is forwarded.
+    pub dns_upstreams: Vec<String>,
+    /// Directories searched for CNI plugin binaries, in order.
+    pub cni_plugin_dirs: Vec<PathBuf>,
+}
+
+/// A pool of subnets: `base` split into subnets of prefix length `size`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddressPool {
+    /// IPv4 CIDR the subnets are carved from, e.g. `172.17.0.0/12`.
+    pub base: String,
+    /// Prefix length of each subnet, e.g. 16.
+    pub size: u8,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            default_bridge: "berth0".into(),
+            pools: vec![
+                AddressPool {
+                    base: "172.17.0.0/16".into(),
+                    size: 16,
+                },
+                AddressPool {
+                    base: "172.18.0.0/15".into(),
+                    size: 16,
+                },
+                AddressPool {
+                    base: "172.20.0.0/14".into(),
+                    size: 16,
+                },
+                AddressPool {
+                    base: "172.24.0.0/14".into(),
+                    size: 16,
+                },
+                AddressPool {
+                    base: "172.28.0.0/14".into(),
+                    size: 16,
+                },
+                AddressPool {
+                    base: "192.168.0.0/16".into(),
+                    size: 20,
+                },
+            ],
+            mtu: 1500,
+            nft_table: "berth".into(),
+            dns_upstreams: Vec::new(),
+            cni_plugin_dirs: vec![PathBuf::from("/usr/lib/cni"), PathBuf::from("/opt/cni/bin")],
+        }
+    }
+}
+
+impl NetworkConfig {
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let name_ok = |n: &str, max: usize, extra: &[u8]| {
+            !n.is_empty()
+                && n.len() <= max
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
+        };
+        if !name_ok(&self.default_bridge, 15, b"-_.") {
+            return Err(invalid(
+                origin,
+                "network.default_bridge",
+                format!(
+                    "{:?} is not an interface name (1-15 letters, digits, '-', '_', '.')",
+                    self.default_bridge
+                ),
+            ));
+        }
+        if self.pools.is_empty() {
+            return Err(invalid(origin, "network.pools", "no pool given".into()));
+        }
+        for pool in &self.pools {
+            let prefix = parse_cidr4(&pool.base).map_err(|reason| {
+                invalid(
+                    origin,
+                    "network.pools",
+                    format!("base {:?}: {reason}", pool.base),
+                )
+            })?;
+            if pool.size < prefix || pool.size > 30 {
+                return Err(invalid(
+                    origin,
+                    "network.pools",
+                    format!(
+                        "size {} of pool {} must be between {prefix} and 30",
+                        pool.size, pool.base
+                    ),
+                ));
+            }
+        }
+        if !(576..=65535).contains(&self.mtu) {
+            return Err(invalid(
+                origin,
+                "network.mtu",
+                format!("{} is out of range 576..=65535", self.mtu),
+            ));
+        }
+        if !name_ok(&self.nft_table, 32, b"_") {
+            return Err(invalid(
+                origin,
+                "network.nft_table",
+                format!(
+                    "{:?} is not a table name (1-32 letters, digits, '_')",
+                    self.nft_table
+                ),
+            ));
+        }
+        for server in &self.dns_upstreams {
+            let ok = server.parse::<std::net::SocketAddr>().is_ok()
+                || server.parse::<std::net::IpAddr>().is_ok();
+            if !ok {
+                return Err(invalid(
+                    origin,
+                    "network.dns_upstreams",
+                    format!("{server:?} is not an address or address:port"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks an IPv4 CIDR (`a.b.c.d/n`, no host bits set) and returns its prefix length.
+fn parse_cidr4(text: &str) -> Result<u8, String> {
+    let (addr, len) = text
+        .split_once('/')
+        .ok_or_else(|| "not in a.b.c.d/n notation".to_owned())?;
+    let addr: std::net::Ipv4Addr = addr.parse().map_err(|_| format!("bad address {addr:?}"))?;
+    let len: u8 = len
+        .parse()
+        .ok()
+        .filter(|l| *l <= 32)
+        .ok_or_else(|| format!("bad prefix length {len:?}"))?;
+    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+    if u32::from(addr) & !mask != 0 {
+        return Err("host bits are set".into());
+    }
+    Ok(len)
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -116,6 +296,8 @@ impl Default for Config {
             shutdown_timeout: 10,
             log: LogConfig::default(),
             otlp: OtlpConfig::default(),
+            network: NetworkConfig::default(),
+            snapshots: SnapshotsConfig::default(),
         }
     }
 }
@@ -230,6 +412,7 @@ impl Config {
         if let Some(group) = &self.socket_group {
             resolve_group(group).map_err(|reason| invalid(origin, "socket_group", reason))?;
         }
+        self.network.validate(origin)?;
         if !(1..=3600).contains(&self.shutdown_timeout) {
             return Err(invalid(
                 origin,
@@ -327,6 +510,26 @@ mod tests {
             ("shutdown_timeout = 0", "`shutdown_timeout`"),
             ("socket_group = \"no-such-group-x\"", "`socket_group`"),
             ("root = 5", "`root`"),
+            ("[snapshots]\ndriver = \"zfs\"", "`snapshots.driver`"),
+            ("[snapshots]\ndrvier = \"copy\"", "drvier"),
+            (
+                "[network]\ndefault_bridge = \"a-very-long-bridge-name\"",
+                "`network.default_bridge`",
+            ),
+            (
+                "[network]\npools = [{ base = \"10.0.0.1/8\", size = 16 }]",
+                "`network.pools`",
+            ),
+            (
+                "[network]\npools = [{ base = \"10.0.0.0/16\", size = 8 }]",
+                "`network.pools`",
+            ),
+            ("[network]\nmtu = 10", "`network.mtu`"),
+            ("[network]\nnft_table = \"a b\"", "`network.nft_table`"),
+            (
+                "[network]\ndns_upstreams = [\"nope\"]",
+                "`network.dns_upstreams`",
+            ),
         ] {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");
@@ -349,6 +552,15 @@ mod tests {
             "level =",
             "[otlp]",
             "endpoint =",
+            "[network]",
+            "default_bridge =",
+            "pools =",
+            "mtu =",
+            "nft_table =",
+            "dns_upstreams =",
+            "cni_plugin_dirs =",
+            "[snapshots]",
+            "driver =",
         ] {
             assert!(text.contains(key), "deploy/config.toml lacks {key}");
         }

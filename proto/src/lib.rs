@@ -9,6 +9,7 @@
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod filters;
 pub mod namespace;
 pub mod server;
 pub mod service;

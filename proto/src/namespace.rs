@@ -1,9 +1,13 @@
-//! The `berth-namespace` gRPC metadata: every object lives in a namespace, like containerd's.
+//! Call metadata every service reads: the `berth-namespace` of a call (every object lives in a
+//! namespace, like containerd's) and the `berth-lease` it works under.
 
 use tonic::metadata::MetadataMap;
 
 /// gRPC metadata key that carries the namespace of a call.
 pub const HEADER: &str = "berth-namespace";
+/// gRPC metadata key naming the lease a call works under: what it creates is kept while the
+/// lease lives.
+pub const LEASE_HEADER: &str = "berth-lease";
 /// The namespace used when a call names none.
 pub const DEFAULT: &str = "default";
 /// Longest accepted namespace name.

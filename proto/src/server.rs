@@ -201,6 +201,15 @@ pub async fn serve_until(
     }
 }
 
+/// Checks that `service` can be served before a service opens its state in its `hosted`
+/// function: no live instance answers on its socket, and its root and the state directory are
+/// writable (both are created if missing). [`serve`] checks again before it listens.
+pub fn preflight(config: &Config, service: Service) -> Result<(), ServeError> {
+    check_socket(service, &service.socket(&config.state))?;
+    ensure_writable(&config.service_root(service.name()))?;
+    ensure_writable(&config.state)
+}
+
 /// Fails when a live instance answers on `path`; a dead socket is left for [`listen`] to replace.
 fn check_socket(service: Service, path: &Path) -> Result<(), ServeError> {
     let meta = match std::fs::symlink_metadata(path) {

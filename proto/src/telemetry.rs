@@ -73,7 +73,8 @@ pub fn init(
             .boxed(),
     };
     tracing_subscriber::registry()
-        .with(otel)
+        // Spans below INFO (h2, tower internals) would cost every call without adding to a trace.
+        .with(otel.with_filter(tracing_subscriber::filter::LevelFilter::INFO))
         .with(fmt.with_filter(filter))
         .try_init()?;
     Ok(Telemetry { provider })
