@@ -1,19 +1,65 @@
 //! berth's images service: content store, image metadata, registry client, import/export and unpack.
 //!
+//! Domain modules (no tonic): [`content`] (the [`content::ContentStore`] of blobs and ingests),
+//! [`leases`] ([`leases::LeaseManager`]), [`images`] ([`images::ImageStore`]), [`gc`] (garbage
+//! collection), [`pull`] (registry pulls), [`reference`] (Docker reference normalisation), [`filters`] (list filters) and
+//! [`digest`]. [`service`] adapts them to gRPC. State lives under `<root>/images/`: blobs and
+//! ingests under `content/`, records in the redb database `metadata.redb`.
+//!
+//! Namespaces: images, leases and ingests are per namespace; blob data is stored once and shared,
+//! but a blob is visible only in the namespaces that committed it (each with its own labels).
+//!
 //! [`hosted`] builds the service for a socket server (berthd hosts it beside the others);
 //! [`serve`] runs it alone, as the `berth-images` binary does.
 
 #![warn(missing_docs)]
 
+pub mod content;
+mod db;
+pub mod digest;
+pub mod error;
+pub mod gc;
+pub mod images;
+pub mod leases;
+pub mod pull;
+pub mod reference;
+pub mod service;
+
+use std::sync::Arc;
+
 use berth_api::Service;
+use berth_api::berth::content::v1::content_server::ContentServer;
+use berth_api::berth::images::v1::images_server::ImagesServer;
+use berth_api::berth::leases::v1::leases_server::LeasesServer;
 use berth_api::config::Config;
 use berth_api::server::{Hosted, ServeError};
 
+pub use error::{Error, Kind};
+
 /// The images service's gRPC routes, ready to be served on its socket.
-pub fn hosted(_config: &Config) -> anyhow::Result<Hosted> {
+pub fn hosted(config: &Config) -> anyhow::Result<Hosted> {
+    berth_api::server::preflight(config, Service::Images)?;
+    let root = config.service_root(Service::Images.name());
+    let db = Arc::new(db::Db::open(&root.join("metadata.redb"))?);
+    let content = content::LocalContent::open(db.clone(), &root.join("content"))?;
+    let gc = gc::Collector::new(db.clone(), content.clone());
+    let images = Arc::new(images::DbImages::new(db.clone()));
+    let leases = Arc::new(leases::DbLeases::new(db));
+    let puller = pull::Puller::new(content.clone(), images.clone(), leases.clone());
+    let routes = tonic::service::Routes::default()
+        .add_service(ContentServer::new(service::ContentService::new(
+            content,
+            gc.clone(),
+        )))
+        .add_service(ImagesServer::new(service::ImagesService::new(
+            images,
+            puller,
+            gc.clone(),
+        )))
+        .add_service(LeasesServer::new(service::LeasesService::new(leases, gc)));
     Ok(Hosted {
         service: Service::Images,
-        routes: tonic::service::Routes::default(),
+        routes,
     })
 }
 
