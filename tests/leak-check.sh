@@ -20,6 +20,14 @@ mounts=$(grep -E ' /tmp/berth-test-' /proc/self/mountinfo || true)
 [ -z "$mounts" ] || report "mounts left:"$'\n'"$mounts"
 dirs=$(find /tmp -maxdepth 1 -name 'berth-test-*' 2>/dev/null || true)
 [ -z "$dirs" ] || report "temp roots left:"$'\n'"$dirs"
+# Containers the tests run get cgroups named after their temp root.
+cgroups=$(find /sys/fs/cgroup -mindepth 1 -maxdepth 2 -type d -name 'berth-test-*' 2>/dev/null || true)
+[ -z "$cgroups" ] || report "cgroups left:"$'\n'"$cgroups"
+
+links=$(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | grep -E '^(berth|bveth)' || true)
+[ -z "$links" ] || report "network links left:"$'\n'"$links"
+tables=$(nft list tables 2>/dev/null | grep -E ' berth' || true)
+[ -z "$tables" ] || report "nftables tables left:"$'\n'"$tables"
 
 if [ "$leaks" = 0 ]; then echo "leak-check: nothing left behind"; fi
 exit "$leaks"

@@ -206,6 +206,30 @@ impl Drop for Berth {
     }
 }
 
+/// Waits until `pid` has exited: gone, or a zombie whose threads are all gone. The leader of a
+/// killed multi-threaded process turns zombie before its other threads have closed the files
+/// they share (a database lock among them), so a restart must wait for every thread.
+pub fn wait_exited(pid: u32, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let exited = || {
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')));
+        let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count());
+        match (zombie, threads) {
+            (Ok(zombie), Ok(threads)) => zombie && threads <= 1,
+            _ => true,
+        }
+    };
+    while !exited() {
+        ensure!(
+            Instant::now() < deadline,
+            "pid {pid} did not exit within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
 /// Pids of processes whose command line mentions `path` (the instance's temp directory).
 pub fn processes_mentioning(path: &Path) -> Vec<u32> {
     let needle = path.as_os_str().as_encoded_bytes();

@@ -64,11 +64,7 @@ fn separate_mode_reports_and_restarts_exactly_the_killed_service() -> anyhow::Re
         nix::sys::signal::Signal::SIGKILL,
     )?;
     // Wait until the kernel has torn the process down.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while harness::processes_mentioning(&berth.state()).contains(&network) {
-        assert!(std::time::Instant::now() < deadline, "network did not die");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    harness::wait_exited(network, Duration::from_secs(5))?;
     let (ok, statuses) = berth.info()?;
     assert!(!ok, "info exits non-zero with a service down");
     for name in SERVICES {
