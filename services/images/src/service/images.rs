@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{blocking, digest, labels, namespace, timestamp, unsigned};
+use super::{blocking, collect_after_delete, digest, labels, namespace, timestamp, unsigned};
 use crate::content::{ContentStore, LabelUpdate};
 use crate::error::{Error, Result};
 use crate::gc::Collector;
@@ -234,13 +234,7 @@ where
         let images = self.images.clone();
         let req = request.into_inner();
         blocking(move || images.delete(&ns, &req.name)).await?;
-        let gc = self.gc.clone();
-        let collect = blocking(move || gc.collect());
-        if req.sync {
-            collect.await?;
-        } else {
-            tokio::spawn(collect);
-        }
+        collect_after_delete(&self.gc, req.sync).await?;
         Ok(Response::new(pb::DeleteImageResponse {}))
     }
 

@@ -6,7 +6,7 @@ use berth_api::berth::leases::v1 as pb;
 use berth_api::berth::leases::v1::leases_server::Leases;
 use tonic::{Request, Response, Status};
 
-use super::{blocking, labels, namespace, system_time, timestamp};
+use super::{blocking, collect_after_delete, labels, namespace, system_time, timestamp};
 use crate::error::{Error, Result};
 use crate::gc::Collector;
 use crate::leases::{Lease, LeaseManager, Resource, ResourceKind};
@@ -69,13 +69,7 @@ impl<L: LeaseManager> Leases for LeasesService<L> {
         let leases = self.leases.clone();
         let req = request.into_inner();
         blocking(move || leases.delete(&ns, &req.id)).await?;
-        let gc = self.gc.clone();
-        let collect = blocking(move || gc.collect());
-        if req.sync {
-            collect.await?;
-        } else {
-            tokio::spawn(collect);
-        }
+        collect_after_delete(&self.gc, req.sync).await?;
         Ok(Response::new(pb::DeleteResponse {}))
     }
 

@@ -46,6 +46,19 @@ async fn blocking<T: Send + 'static>(
         .map_err(tonic::Status::from)
 }
 
+/// Collects garbage after a delete: before answering when the caller asked for `sync`, in the
+/// background otherwise.
+async fn collect_after_delete(gc: &crate::gc::Collector, sync: bool) -> Result<(), tonic::Status> {
+    let gc = gc.clone();
+    let collect = blocking(move || gc.collect());
+    if sync {
+        collect.await?;
+    } else {
+        tokio::spawn(collect);
+    }
+    Ok(())
+}
+
 /// The namespace of a request.
 #[allow(clippy::result_large_err)]
 fn namespace(metadata: &MetadataMap) -> Result<String, tonic::Status> {
