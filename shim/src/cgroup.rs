@@ -149,6 +149,13 @@ impl Cgroup {
             .unwrap_or(0)
     }
 
+    /// Whether every task of the cgroup is frozen (v1 `freezer.state` FROZEN, v2 `frozen 1`);
+    /// None when the freezer cannot be read.
+    pub fn frozen(&self) -> Option<bool> {
+        let text = self.read("freezer", "freezer.state", "cgroup.events")?;
+        Some(text.trim() == "FROZEN" || keyed(&text, "frozen") == 1)
+    }
+
     /// Pids of the processes in the cgroup.
     pub fn pids(&self) -> Vec<u32> {
         let dir = ["pids", "memory", "freezer", "devices", "cpu"]

@@ -79,12 +79,8 @@ pub enum Error {
         source: nix::Error,
     },
     /// Mounting or unmounting a root filesystem mount failed.
-    #[error("mount {} on {}: {source}", source_path, target.display())]
-    Mount {
-        source_path: String,
-        target: PathBuf,
-        source: nix::Error,
-    },
+    #[error("cannot mount the root filesystem on {}: {reason}", target.display())]
+    Mount { target: PathBuf, reason: String },
     /// The shim is shutting down and accepts no new work.
     #[error("the shim is shutting down")]
     ShuttingDown,

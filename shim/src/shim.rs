@@ -115,12 +115,42 @@ struct Procs {
     execs: HashMap<String, Process>,
 }
 
+impl Procs {
+    /// The init process (empty `exec_id`) or an exec process of container `id`.
+    fn get(&self, id: &str, exec_id: &str) -> Result<&Process> {
+        if exec_id.is_empty() {
+            return Ok(&self.init);
+        }
+        self.execs
+            .get(exec_id)
+            .ok_or_else(|| exec_not_found(id, exec_id))
+    }
+
+    /// [`Procs::get`], mutably.
+    fn get_mut(&mut self, id: &str, exec_id: &str) -> Result<&mut Process> {
+        if exec_id.is_empty() {
+            return Ok(&mut self.init);
+        }
+        self.execs
+            .get_mut(exec_id)
+            .ok_or_else(|| exec_not_found(id, exec_id))
+    }
+}
+
+fn exec_not_found(id: &str, exec_id: &str) -> Error {
+    Error::ExecNotFound {
+        id: id.to_owned(),
+        exec_id: exec_id.to_owned(),
+    }
+}
+
 /// One container of the shim.
 pub struct Container {
     id: String,
     bundle: PathBuf,
     backend: Arc<dyn Backend>,
-    mounts: Vec<PathBuf>,
+    /// Where the Create request's rootfs mounts were mounted, if it brought any.
+    mounts: Option<PathBuf>,
     cgroup: Option<Cgroup>,
     /// An OOM event has been published for this container.
     oom_reported: AtomicBool,
@@ -393,7 +423,7 @@ impl Shim {
         let (pid, mut io, io_spec) = match created {
             Ok(c) => c,
             Err(e) => {
-                crate::mount::unmount_all(&mounts);
+                crate::mount::unmount(&mounts);
                 return Err(e);
             }
         };
@@ -523,10 +553,7 @@ impl Shim {
         let process = procs
             .execs
             .get_mut(exec_id)
-            .ok_or_else(|| Error::ExecNotFound {
-                id: id.to_owned(),
-                exec_id: exec_id.to_owned(),
-            })?;
+            .ok_or_else(|| exec_not_found(id, exec_id))?;
         let next = process.status().transition(Action::Start, id)?;
         let name = format!("{id}.{exec_id}");
         let (mut io, rt_io) = ProcessIo::prepare(&process.io_spec, &self.config.dir, &name)?;
@@ -569,17 +596,7 @@ impl Shim {
     pub async fn state(&self, id: &str, exec_id: &str) -> Result<api::StateResponse> {
         let container = self.container(id)?;
         let procs = container.procs.lock().await;
-        let p = if exec_id.is_empty() {
-            &procs.init
-        } else {
-            procs
-                .execs
-                .get(exec_id)
-                .ok_or_else(|| Error::ExecNotFound {
-                    id: id.to_owned(),
-                    exec_id: exec_id.to_owned(),
-                })?
-        };
+        let p = procs.get(id, exec_id)?;
         Ok(api::StateResponse {
             id: id.to_owned(),
             exec_id: exec_id.to_owned(),
@@ -636,10 +653,7 @@ impl Shim {
         let p = procs
             .execs
             .get(exec_id)
-            .ok_or_else(|| Error::ExecNotFound {
-                id: id.to_owned(),
-                exec_id: exec_id.to_owned(),
-            })?;
+            .ok_or_else(|| exec_not_found(id, exec_id))?;
         match p.status() {
             Status::Stopped => return Err(finished(exec_id)),
             Status::Created => {
@@ -674,18 +688,12 @@ impl Shim {
             let p = procs
                 .execs
                 .get(exec_id)
-                .ok_or_else(|| Error::ExecNotFound {
-                    id: id.to_owned(),
-                    exec_id: exec_id.to_owned(),
-                })?;
+                .ok_or_else(|| exec_not_found(id, exec_id))?;
             p.status().transition(Action::Delete, id)?;
             let mut p = procs
                 .execs
                 .remove(exec_id)
-                .ok_or_else(|| Error::ExecNotFound {
-                    id: id.to_owned(),
-                    exec_id: exec_id.to_owned(),
-                })?;
+                .ok_or_else(|| exec_not_found(id, exec_id))?;
             p.io.close();
             let _ = std::fs::remove_file(self.exit_path(id, exec_id));
             let exit = p.exit();
@@ -707,7 +715,7 @@ impl Shim {
         if let Some(cgroup) = &container.cgroup {
             cgroup.remove_leftovers(&self.own_cgroup);
         }
-        crate::mount::unmount_all(&container.mounts);
+        crate::mount::unmount(&container.mounts);
         let _ = std::fs::remove_dir_all(self.config.dir.join("exits").join(id));
         let pid = procs.init.pid;
         let exit = procs.init.exit();
@@ -742,17 +750,7 @@ impl Shim {
         let container = self.container(id)?;
         let mut rx = {
             let procs = container.procs.lock().await;
-            let p = if exec_id.is_empty() {
-                &procs.init
-            } else {
-                procs
-                    .execs
-                    .get(exec_id)
-                    .ok_or_else(|| Error::ExecNotFound {
-                        id: id.to_owned(),
-                        exec_id: exec_id.to_owned(),
-                    })?
-            };
+            let p = procs.get(id, exec_id)?;
             p.exited.subscribe()
         };
         let exit = rx.wait_for(Option::is_some).await.map(|e| *e);
@@ -807,17 +805,7 @@ impl Shim {
     pub async fn resize_pty(&self, id: &str, exec_id: &str, cols: u32, rows: u32) -> Result<()> {
         let container = self.container(id)?;
         let procs = container.procs.lock().await;
-        let p = if exec_id.is_empty() {
-            &procs.init
-        } else {
-            procs
-                .execs
-                .get(exec_id)
-                .ok_or_else(|| Error::ExecNotFound {
-                    id: id.to_owned(),
-                    exec_id: exec_id.to_owned(),
-                })?
-        };
+        let p = procs.get(id, exec_id)?;
         let process = if exec_id.is_empty() { "init" } else { exec_id };
         if p.status() == Status::Stopped {
             return Err(Error::ProcessFinished {
@@ -839,17 +827,7 @@ impl Shim {
     pub async fn close_io(&self, id: &str, exec_id: &str) -> Result<()> {
         let container = self.container(id)?;
         let mut procs = container.procs.lock().await;
-        let p = if exec_id.is_empty() {
-            &mut procs.init
-        } else {
-            procs
-                .execs
-                .get_mut(exec_id)
-                .ok_or_else(|| Error::ExecNotFound {
-                    id: id.to_owned(),
-                    exec_id: exec_id.to_owned(),
-                })?
-        };
+        let p = procs.get_mut(id, exec_id)?;
         // A process without stdin has nothing to close: not an error.
         p.io.close_stdin();
         Ok(())
@@ -863,6 +841,14 @@ impl Shim {
         let next = procs.init.status().transition(action, id)?;
         if pause {
             container.backend.pause(id).await?;
+            // A runtime may return while the freezer is still FREEZING: a paused container
+            // must use no more cpu once Pause has answered.
+            if let Some(cgroup) = &container.cgroup {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+                while cgroup.frozen() == Some(false) && std::time::Instant::now() < deadline {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            }
         } else {
             container.backend.resume(id).await?;
         }
@@ -951,7 +937,7 @@ impl Shim {
                 if let Err(e) = self.delete(&c.id, "").await {
                     tracing::warn!(id = %c.id, error = %e, "cannot delete container");
                     // Release what the shim holds itself even so.
-                    crate::mount::unmount_all(&c.mounts);
+                    crate::mount::unmount(&c.mounts);
                     let _ = c.backend.delete(&c.id, true).await;
                     lock(&self.containers).remove(&c.id);
                 }
