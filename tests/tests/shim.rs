@@ -233,33 +233,38 @@ impl Drop for Fixture {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
-            for c in controllers.flatten() {
-                let Ok(groups) = std::fs::read_dir(c.path()) else {
-                    continue;
-                };
-                for g in groups.flatten() {
-                    if !g.file_name().to_string_lossy().starts_with(&prefix) {
-                        continue;
-                    }
-                    let _ = std::fs::write(g.path().join("freezer.state"), "THAWED");
-                    for _ in 0..50 {
-                        let procs = std::fs::read_to_string(g.path().join("cgroup.procs"))
-                            .unwrap_or_default();
-                        if procs.trim().is_empty() {
-                            break;
-                        }
-                        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                            let _ = nix::sys::signal::kill(
-                                nix::unistd::Pid::from_raw(pid),
-                                nix::sys::signal::Signal::SIGKILL,
-                            );
-                        }
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    let _ = std::fs::remove_dir(g.path());
+        // Every controller's group first, so a frozen container is thawed before its processes
+        // are killed and the groups removed (a frozen process cannot die).
+        let groups: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|c| std::fs::read_dir(c.path()).ok())
+            .flatten()
+            .flatten()
+            .filter(|g| g.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|g| g.path())
+            .collect();
+        for g in &groups {
+            let _ = std::fs::write(g.join("freezer.state"), "THAWED");
+            let _ = std::fs::write(g.join("cgroup.freeze"), "0");
+        }
+        for _ in 0..50 {
+            let mut left = false;
+            for g in &groups {
+                let procs = std::fs::read_to_string(g.join("cgroup.procs")).unwrap_or_default();
+                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
                 }
+                left |= g.exists() && std::fs::remove_dir(g).is_err();
             }
+            if !left {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
         if let Ok(mounts) = mounts_under(self.path()) {
             for m in mounts.iter().rev() {
