@@ -4,8 +4,9 @@
 //! exec, starts it, runs extra (exec) processes in it, signals, freezes, thaws, updates and
 //! deletes it. Processes it creates become children of the shim (directly or by the shim
 //! being their subreaper): the shim's reaper, not the backend, learns their exits. This
-//! issue's backend drives an OCI runtime binary ([`crate::runtime::OciCli`]); berth's own
-//! runtime will implement the same trait.
+//! issue's backend drives an OCI runtime binary ([`crate::runtime::OciCli`]): runc, crun, or
+//! berth's own runtime (`berth-runtime`, a runc-compatible binary, so it needs no backend of
+//! its own and its clone/exec never runs inside the shim's multi-threaded process).
 
 use std::path::PathBuf;
 

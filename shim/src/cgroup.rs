@@ -13,6 +13,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use std::time::SystemTime;
 
 use berth_api::berth::types::v1::Stats;
+use berth_runtime::cgroups::{Hierarchy, hierarchies};
 
 /// The directories of one cgroup, per controller.
 #[derive(Debug, Clone, Default)]
@@ -23,65 +24,7 @@ pub struct Cgroup {
     v2: Option<PathBuf>,
 }
 
-struct Mount {
-    root: String,
-    point: PathBuf,
-    /// v1 controllers (empty for cgroup2).
-    controllers: Vec<String>,
-    v2: bool,
-}
-
-fn cgroup_mounts() -> Vec<Mount> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut mounts = Vec::new();
-    for line in text.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let fields: Vec<&str> = left.split(' ').collect();
-        let rfields: Vec<&str> = right.split(' ').collect();
-        let (Some(root), Some(point), Some(fstype), Some(opts)) = (
-            fields.get(3),
-            fields.get(4),
-            rfields.first(),
-            rfields.get(2),
-        ) else {
-            continue;
-        };
-        let v2 = *fstype == "cgroup2";
-        if *fstype != "cgroup" && !v2 {
-            continue;
-        }
-        let controllers = if v2 {
-            Vec::new()
-        } else {
-            // Controllers, and named hierarchies such as "name=systemd".
-            opts.split(',')
-                .filter(|o| {
-                    !matches!(*o, "rw" | "ro") && (!o.contains('=') || o.starts_with("name="))
-                })
-                .map(str::to_owned)
-                .collect()
-        };
-        mounts.push(Mount {
-            root: unescape(root),
-            point: PathBuf::from(unescape(point)),
-            controllers,
-            v2,
-        });
-    }
-    mounts
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
-}
-
-fn under(mount: &Mount, path: &str) -> PathBuf {
+fn under(mount: &Hierarchy, path: &str) -> PathBuf {
     let rel = path
         .strip_prefix(mount.root.trim_end_matches('/'))
         .unwrap_or(path);
@@ -92,7 +35,7 @@ impl Cgroup {
     /// The cgroup of process `pid`.
     pub fn of_pid(pid: u32) -> std::io::Result<Cgroup> {
         let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
-        let mounts = cgroup_mounts();
+        let mounts = hierarchies();
         let mut cgroup = Cgroup::default();
         for line in text.lines() {
             let mut parts = line.splitn(3, ':');

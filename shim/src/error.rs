@@ -31,7 +31,7 @@ pub enum Error {
     InvalidBundle { path: PathBuf, reason: String },
     /// The runtime name is neither known nor an absolute path.
     #[error(
-        "unknown runtime {name:?}: use \"runc\", \"crun\" or the absolute path of an OCI runtime"
+        "unknown runtime {name:?}: use \"builtin\", \"runc\", \"crun\" or the absolute path of an OCI runtime"
     )]
     UnknownRuntime { name: String },
     /// The runtime binary does not exist or cannot be executed.

@@ -135,7 +135,13 @@ impl ProcessIo {
             io.stdin_source = Some(source);
         }
         if spec.terminal {
-            let path = dir.join(format!("{name}.console"));
+            // A socket path must fit in sun_path (108 bytes); a container id alone is 64:
+            // name the socket by a hash of the process name.
+            let hash = std::hash::BuildHasher::hash_one(
+                &std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default(),
+                name,
+            );
+            let path = dir.join(format!("{hash:016x}.console"));
             let _ = std::fs::remove_file(&path);
             let listener = tokio::net::UnixListener::bind(&path).map_err(Error::io(&path))?;
             rt.console_socket = Some(path.clone());

@@ -36,7 +36,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: berth-shim --namespace NS --id ID --socket-dir DIR [--bundle PATH] \
-                     [--runtime runc|crun|PATH] [--runtime-root DIR] [--log FILE] [--debug]";
+                     [--runtime builtin|runc|crun|PATH] [--runtime-root DIR] [--log FILE] [--debug]";
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<daemon::Options, String> {
     let mut namespace = None;
@@ -47,7 +47,8 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<daemon::Options, Stri
         id: String::new(),
         bundle: None,
         dir: PathBuf::new(),
-        runtime: "runc".to_owned(),
+        // berth's own runtime (berth-runtime next to this executable) unless one is named.
+        runtime: "builtin".to_owned(),
         runtime_root: None,
         log: None,
         debug: false,

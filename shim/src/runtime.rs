@@ -1,5 +1,6 @@
-//! The OCI runtime CLI backend: drives runc, crun or any binary with the same command line
-//! (`create`, `start`, `state`, `kill`, `delete`, `exec`, `pause`, `resume`, `update`).
+//! The OCI runtime CLI backend: drives runc, crun, berth's built-in runtime (`berth-runtime`,
+//! see the berth-runtime crate) or any binary with the same command line (`create`, `start`,
+//! `state`, `kill`, `delete`, `exec`, `pause`, `resume`, `update`).
 //!
 //! Every runtime command runs as a child of the shim, spawned through the [`Reaper`] and
 //! waited for through it. `create` and `exec` hand the process's stdio to the runtime (which
@@ -37,11 +38,21 @@ pub struct OciCli {
     seq: std::sync::atomic::AtomicU64,
 }
 
-/// Resolves a runtime name: "runc" and "crun" are looked up in PATH; anything else must be an
+/// The built-in runtime's binary name, installed next to the shim's.
+pub const BUILTIN: &str = "berth-runtime";
+
+/// Resolves a runtime name: "builtin" is berth's own runtime (`berth-runtime` next to the
+/// shim's executable); "runc" and "crun" are looked up in PATH; anything else must be an
 /// absolute path to an executable file.
 pub fn resolve(name: &str) -> Result<PathBuf> {
     let path = if name.starts_with('/') {
         PathBuf::from(name)
+    } else if name == "builtin" {
+        let exe = std::env::current_exe().map_err(|e| Error::RuntimeMissing {
+            path: PathBuf::from(BUILTIN),
+            reason: format!("cannot locate the shim's executable: {e}"),
+        })?;
+        exe.with_file_name(BUILTIN)
     } else if matches!(name, "runc" | "crun") {
         let search = std::env::var("PATH").unwrap_or_else(|_| {
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()

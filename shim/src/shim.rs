@@ -519,6 +519,9 @@ impl Shim {
                 container.report_oom(&shim.events);
             }
             exited.send_replace(Some(record));
+            // Start publishes its event under this lock: a process that exits at once still
+            // has its start event published before its exit.
+            drop(container.procs.lock().await);
             shim.events.publish(
                 "/tasks/exit",
                 Event::TaskExit(TaskExit {

@@ -63,7 +63,9 @@ fn bind(path: &Path) -> Result<UnixListener, StartError> {
         }
         std::fs::remove_file(path).map_err(io_err(path))?;
     }
-    let tmp = path.with_file_name(format!(".shim.sock.{}", std::process::id()));
+    // A temp name no longer than "shim.sock", so that a path that fits the socket-path limit
+    // fits it while binding too.
+    let tmp = path.with_file_name(format!(".{:x}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     let listener = UnixListener::bind(&tmp).map_err(io_err(&tmp))?;
     let publish = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660))

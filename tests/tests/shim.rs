@@ -7,7 +7,6 @@ use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -15,7 +14,8 @@ use berth_api::berth::events::v1::envelope::Event;
 use berth_api::berth::shim::v1 as api;
 use berth_api::berth::types::v1::{LogConfig, Mount, TaskStatus};
 use berth_api::client::Channel;
-use berth_tests::fixtures::images::busybox_layout;
+use berth_tests::cleanup::clean_up_after;
+use berth_tests::fixtures::bundle::{busybox_rootfs, runc_spec, write_bundle};
 use berth_tests::harness::{bin, mounts_under, processes_mentioning};
 use serde_json::{Value, json};
 
@@ -30,42 +30,15 @@ struct Fixture {
     runtime: &'static str,
 }
 
-/// The base config.json (`runc spec`), made once per test process.
-fn base_spec() -> &'static Value {
-    static SPEC: OnceLock<Value> = OnceLock::new();
-    SPEC.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("berth-test-spec-")
-            .tempdir()
-            .expect("tempdir");
-        let out = Command::new("runc")
-            .args(["spec", "--bundle"])
-            .arg(dir.path())
-            .output()
-            .expect("runc spec (install the runc package)");
-        assert!(out.status.success(), "runc spec: {out:?}");
-        let text = std::fs::read(dir.path().join("config.json")).expect("config.json");
-        serde_json::from_slice(&text).expect("spec json")
-    })
-}
-
 impl Fixture {
     fn new(runtime: &'static str) -> Result<Fixture> {
         let dir = tempfile::Builder::new()
             .prefix("berth-test-shim-")
             .tempdir()?;
-        let layout = busybox_layout(&dir.path().join("layout"))?;
-        let rootfs_parent = dir.path().join("image");
-        let out = Command::new("umoci")
-            .args(["raw", "unpack", "--image"])
-            .arg(layout.umoci_ref("busybox"))
-            .arg(&rootfs_parent)
-            .output()
-            .context("umoci (install the umoci package)")?;
-        ensure!(out.status.success(), "umoci raw unpack: {out:?}");
+        let rootfs = busybox_rootfs(dir.path(), "image")?;
         std::fs::create_dir_all(dir.path().join("shimlogs"))?;
         Ok(Fixture {
-            rootfs: rootfs_parent,
+            rootfs,
             dir,
             runtime,
         })
@@ -88,18 +61,14 @@ impl Fixture {
     /// Writes a bundle for container `id` running `args`; `tweak` edits the spec.
     fn bundle(&self, id: &str, args: &[&str], tweak: impl FnOnce(&mut Value)) -> Result<PathBuf> {
         let bundle = self.path().join("bundles").join(id);
-        std::fs::create_dir_all(&bundle)?;
-        let mut spec = base_spec().clone();
+        let mut spec = runc_spec().clone();
         spec["process"]["args"] = json!(args);
         spec["process"]["terminal"] = json!(false);
         spec["root"] = json!({ "path": self.rootfs, "readonly": true });
         spec["hostname"] = json!(id);
         spec["linux"]["cgroupsPath"] = json!(self.cgroup_path(id));
         tweak(&mut spec);
-        std::fs::write(
-            bundle.join("config.json"),
-            serde_json::to_vec_pretty(&spec)?,
-        )?;
+        write_bundle(&bundle, &spec)?;
         Ok(bundle)
     }
 
@@ -222,55 +191,7 @@ impl Drop for Fixture {
             self.dir.disable_cleanup(true);
         }
         // After a failure: kill shims, then whatever runs in this fixture's cgroups.
-        for pid in processes_mentioning(self.path()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        let prefix = self
-            .path()
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        // Every controller's group first, so a frozen container is thawed before its processes
-        // are killed and the groups removed (a frozen process cannot die).
-        let groups: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|c| std::fs::read_dir(c.path()).ok())
-            .flatten()
-            .flatten()
-            .filter(|g| g.file_name().to_string_lossy().starts_with(&prefix))
-            .map(|g| g.path())
-            .collect();
-        for g in &groups {
-            let _ = std::fs::write(g.join("freezer.state"), "THAWED");
-            let _ = std::fs::write(g.join("cgroup.freeze"), "0");
-        }
-        for _ in 0..50 {
-            let mut left = false;
-            for g in &groups {
-                let procs = std::fs::read_to_string(g.join("cgroup.procs")).unwrap_or_default();
-                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-                left |= g.exists() && std::fs::remove_dir(g).is_err();
-            }
-            if !left {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if let Ok(mounts) = mounts_under(self.path()) {
-            for m in mounts.iter().rev() {
-                let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
-            }
-        }
+        clean_up_after(self.path());
     }
 }
 
@@ -535,7 +456,7 @@ async fn cri_log(runtime: &'static str) -> Result<()> {
 }
 
 fn exec_spec(args: &[&str], terminal: bool) -> Vec<u8> {
-    let mut process = base_spec()["process"].clone();
+    let mut process = runc_spec()["process"].clone();
     process["args"] = json!(args);
     process["terminal"] = json!(terminal);
     serde_json::to_vec(&process).expect("process json")
@@ -1124,7 +1045,7 @@ async fn pod_shim(runtime: &'static str) -> Result<()> {
     Ok(())
 }
 
-macro_rules! both_runtimes {
+macro_rules! every_runtime {
     ($($name:ident),* $(,)?) => {
         mod runc {
             $(
@@ -1142,10 +1063,18 @@ macro_rules! both_runtimes {
                 }
             )*
         }
+        mod builtin {
+            $(
+                #[tokio::test(flavor = "current_thread")]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name("builtin").await
+                }
+            )*
+        }
     };
 }
 
-both_runtimes!(
+every_runtime!(
     exit_statuses,
     cri_log,
     exec_and_tty,
