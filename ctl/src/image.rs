@@ -1,23 +1,23 @@
-//! `berthctl images`, `rmi`, `tag`, `image inspect` and `load`: image records, Docker style.
+//! `berthctl images`, `rmi`, `tag`, `image inspect|history|prune`: image records, Docker style.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
 use berth_api::Service;
+use berth_api::berth::containers::v1 as containers;
+use berth_api::berth::containers::v1::containers_client::ContainersClient;
 use berth_api::berth::content::v1::content_client::ContentClient;
 use berth_api::berth::images::v1 as pb;
 use berth_api::berth::images::v1::images_client::ImagesClient;
-use berth_api::berth::leases::v1 as leases;
-use berth_api::berth::leases::v1::leases_client::LeasesClient;
 use berth_api::berth::types::v1::Descriptor;
 use berth_api::client::Channel;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::content::{self, Upload, rpc};
+use crate::content::{self, rpc};
 use crate::context::{Context, Output};
 use crate::output;
 
@@ -27,18 +27,14 @@ const INDEX_TYPES: [&str; 2] = [
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ];
-/// Media types whose blobs list other blobs.
-const PARENT_TYPES: [&str; 4] = [
-    INDEX_TYPES[0],
-    INDEX_TYPES[1],
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-];
-const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
-const ANNOTATION_IMAGE_NAME: &str = "io.containerd.image.name";
 
 #[derive(clap::Args)]
 pub struct ImagesArgs {
+    /// Show all images (Docker hides intermediate build images by default; berth keeps none,
+    /// so this lists the same images).
+    #[arg(long, short = 'a')]
+    #[allow(dead_code)]
+    all: bool,
     /// Only show image IDs.
     #[arg(long, short = 'q')]
     quiet: bool,
@@ -63,11 +59,43 @@ pub enum ImageCommand {
         names: Vec<String>,
     },
     /// Remove images (their content is garbage collected once nothing references it).
-    Rm {
-        /// Image names.
-        #[arg(required = true)]
-        names: Vec<String>,
+    Rm(RmArgs),
+    /// Show the history of an image (from its config).
+    History {
+        /// Do not truncate the CREATED BY column.
+        #[arg(long)]
+        no_trunc: bool,
+        /// Only show image IDs.
+        #[arg(long, short = 'q')]
+        quiet: bool,
+        /// Image name.
+        name: String,
     },
+    /// Save images to a tar archive (the same as `berthctl save`).
+    Save(crate::archive::SaveArgs),
+    /// Load images from an archive (the same as `berthctl load`).
+    Load(crate::archive::LoadArgs),
+    /// Create an image from a rootfs tarball (the same as `berthctl import`).
+    Import(crate::archive::ImportArgs),
+    /// Remove dangling images (-a: every image no container uses).
+    Prune {
+        /// Remove every image no container uses, not only dangling ones.
+        #[arg(long, short = 'a')]
+        all: bool,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'f')]
+        force: bool,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct RmArgs {
+    /// Remove the image even if containers use it, and every name of an image given by ID.
+    #[arg(long, short = 'f')]
+    force: bool,
+    /// Image names or IDs.
+    #[arg(required = true)]
+    names: Vec<String>,
 }
 
 impl ImageCommand {
@@ -75,18 +103,14 @@ impl ImageCommand {
         match self {
             ImageCommand::Images(_) => "images",
             ImageCommand::Inspect { .. } => "image inspect",
-            ImageCommand::Rm { .. } => "rmi",
+            ImageCommand::Rm(_) => "rmi",
+            ImageCommand::History { .. } => "image history",
+            ImageCommand::Prune { .. } => "image prune",
+            ImageCommand::Save(_) => "image save",
+            ImageCommand::Load(_) => "image load",
+            ImageCommand::Import(_) => "image import",
         }
     }
-}
-
-#[derive(clap::Args)]
-pub struct LoadArgs {
-    /// Directory holding an OCI image layout (oci-layout, index.json, blobs/).
-    dir: PathBuf,
-    /// Name images as BASE:<ref name> when the layout's ref names are bare tags.
-    #[arg(long)]
-    base_name: Option<String>,
 }
 
 struct Clients {
@@ -103,6 +127,12 @@ async fn clients(ctx: &Context) -> anyhow::Result<Clients> {
 }
 
 pub async fn run(ctx: &Context, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
+    let cmd = match cmd {
+        ImageCommand::Save(args) => return crate::archive::save(ctx, args).await,
+        ImageCommand::Load(args) => return crate::archive::load(ctx, args).await,
+        ImageCommand::Import(args) => return crate::archive::import(ctx, args).await,
+        cmd => cmd,
+    };
     let mut c = clients(ctx).await?;
     match cmd {
         ImageCommand::Images(args) => list(ctx, &mut c, args).await?,
@@ -114,18 +144,15 @@ pub async fn run(ctx: &Context, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
             }
             println!("{}", output::json(&out)?);
         }
-        ImageCommand::Rm { names } => {
-            for name in names {
-                let image = get(&mut c.images, &name).await?;
-                c.images
-                    .delete(pb::DeleteImageRequest {
-                        name: image.name.clone(),
-                        sync: true,
-                    })
-                    .await
-                    .map_err(rpc)?;
-                println!("Untagged: {}", familiar(&image.name));
-            }
+        ImageCommand::Rm(args) => remove(ctx, &mut c, args).await?,
+        ImageCommand::History {
+            no_trunc,
+            quiet,
+            name,
+        } => history(ctx, &mut c, &name, no_trunc, quiet).await?,
+        ImageCommand::Prune { all, force } => prune(ctx, &mut c, all, force).await?,
+        ImageCommand::Save(_) | ImageCommand::Load(_) | ImageCommand::Import(_) => {
+            unreachable!("handled above")
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -158,7 +185,7 @@ async fn get(images: &mut ImagesClient<Channel>, name: &str) -> anyhow::Result<p
 }
 
 /// `docker.io/library/x` -> `x`, `docker.io/u/x` -> `u/x`.
-fn familiar(name: &str) -> &str {
+pub fn familiar(name: &str) -> &str {
     name.strip_prefix("docker.io/library/")
         .or_else(|| name.strip_prefix("docker.io/"))
         .unwrap_or(name)
@@ -179,14 +206,14 @@ fn split_name(name: &str) -> (String, String, String) {
 }
 
 /// What the image's manifest for this host says: config digest, config JSON and total size.
-struct Resolved {
+pub(crate) struct Resolved {
     config_digest: String,
-    config: Value,
+    pub(crate) config: Value,
     manifest: Value,
     size: i64,
 }
 
-fn host_arch() -> &'static str {
+pub fn host_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
@@ -194,7 +221,7 @@ fn host_arch() -> &'static str {
     }
 }
 
-async fn resolve(
+pub(crate) async fn resolve(
     content: &mut ContentClient<Channel>,
     target: &Descriptor,
 ) -> anyhow::Result<Resolved> {
@@ -416,155 +443,289 @@ async fn inspect(content: &mut ContentClient<Channel>, image: pb::Image) -> Valu
     out
 }
 
-/// `berthctl load DIR`: stores an OCI image layout's blobs (verified) under a lease and records
-/// the images its index names.
-pub async fn load(ctx: &Context, args: LoadArgs) -> anyhow::Result<ExitCode> {
-    let mut c = clients(ctx).await?;
-    let index: Value = read_json(&args.dir.join("index.json"))?;
-    let mut lease_client = LeasesClient::new(ctx.connect(Service::Images).await?);
-    let lease = lease_client
-        .create(leases::CreateRequest {
-            labels: HashMap::from([("berth.io/purpose".into(), "load".into())]),
-            expires_at: Some((SystemTime::now() + Duration::from_secs(3600)).into()),
-            ..Default::default()
+/// Names and target digests of the images the namespace's containers use; None when the tasks
+/// service cannot be reached.
+async fn images_in_use(ctx: &Context) -> Option<Vec<(String, String, String)>> {
+    let channel = ctx.connect(Service::Tasks).await.ok()?;
+    let list = ContainersClient::new(channel)
+        .list(containers::ListContainersRequest::default())
+        .await
+        .ok()?;
+    Some(
+        list.into_inner()
+            .containers
+            .into_iter()
+            .map(|c| (c.id, c.image, c.image_digest))
+            .collect(),
+    )
+}
+
+/// The container (id) using `image`, if any.
+fn user_of<'a>(in_use: &'a [(String, String, String)], image: &pb::Image) -> Option<&'a str> {
+    let digest = image.target.as_ref().map_or("", |t| t.digest.as_str());
+    in_use
+        .iter()
+        .find(|(_, name, d)| {
+            (!name.is_empty() && (name == &image.name || familiar(&image.name) == name))
+                || (!d.is_empty() && d == digest)
         })
+        .map(|(id, _, _)| id.as_str())
+}
+
+async fn all_images(c: &mut Clients) -> anyhow::Result<Vec<pb::Image>> {
+    Ok(c.images
+        .list(pb::ListImagesRequest::default())
         .await
         .map_err(rpc)?
         .into_inner()
-        .lease
-        .context("the service answered without a lease")?;
-    let result = load_index(&mut c, &args, &index, &lease.id).await;
-    lease_client
-        .delete(leases::DeleteRequest {
-            id: lease.id,
-            sync: false,
-        })
+        .images)
+}
+
+/// Deletes image records; prints what `docker rmi` prints. Content goes once nothing uses it.
+async fn delete_records(c: &mut Clients, names: &[pb::Image]) -> anyhow::Result<()> {
+    for image in names {
+        c.images
+            .delete(pb::DeleteImageRequest {
+                name: image.name.clone(),
+                sync: true,
+            })
+            .await
+            .map_err(rpc)?;
+        println!("Untagged: {}", familiar(&image.name));
+    }
+    let left = all_images(c).await?;
+    let mut gone = BTreeSet::new();
+    for image in names {
+        let target = image.target.as_ref().map_or("", |t| t.digest.as_str());
+        if !left
+            .iter()
+            .any(|i| i.target.as_ref().is_some_and(|t| t.digest == target))
+            && gone.insert(target.to_owned())
+        {
+            println!("Deleted: {target}");
+        }
+    }
+    Ok(())
+}
+
+/// Whether `s` looks like an image ID: `sha256:<hex>` or a hex prefix.
+fn id_prefix(s: &str) -> Option<&str> {
+    let hex = s.strip_prefix("sha256:").unwrap_or(s);
+    (!hex.is_empty() && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then_some(hex)
+}
+
+/// `berthctl rmi [-f] NAME|ID...`: untags names; an ID removes every name of that image, which
+/// needs -f when there are several (as Docker does). An image a container uses needs -f.
+async fn remove(ctx: &Context, c: &mut Clients, args: RmArgs) -> anyhow::Result<()> {
+    let in_use = images_in_use(ctx).await.unwrap_or_default();
+    for arg in &args.names {
+        let by_name = c
+            .images
+            .get(pb::GetImageRequest { name: arg.clone() })
+            .await;
+        let targets = match by_name {
+            Ok(r) => r.into_inner().image.into_iter().collect::<Vec<_>>(),
+            Err(e)
+                if e.code() == tonic::Code::NotFound
+                    || e.code() == tonic::Code::InvalidArgument =>
+            {
+                let Some(prefix) = id_prefix(arg) else {
+                    return Err(rpc(e));
+                };
+                let mut matched = Vec::new();
+                let mut ids = BTreeSet::new();
+                for image in all_images(c).await? {
+                    let target = image.target.clone().unwrap_or_default();
+                    let id = resolve(&mut c.content, &target)
+                        .await
+                        .map_or(target.digest.clone(), |r| r.config_digest);
+                    let hex = |d: &str| d.split_once(':').map_or(d, |(_, h)| h).to_owned();
+                    if hex(&id).starts_with(prefix) || hex(&target.digest).starts_with(prefix) {
+                        ids.insert(id);
+                        matched.push(image);
+                    }
+                }
+                match ids.len() {
+                    0 => bail!("No such image: {arg}"),
+                    1 => {}
+                    _ => bail!(
+                        "image ID prefix {arg:?} is ambiguous: it matches {} images",
+                        ids.len()
+                    ),
+                }
+                if matched.len() > 1 && !args.force {
+                    bail!(
+                        "conflict: unable to delete {} (must be forced) - image is referenced in \
+                         multiple repositories",
+                        short_id(ids.first().map_or(arg.as_str(), String::as_str))
+                    );
+                }
+                matched
+            }
+            Err(e) => return Err(rpc(e)),
+        };
+        if !args.force
+            && let Some((image, id)) = targets
+                .iter()
+                .find_map(|i| user_of(&in_use, i).map(|id| (i, id)))
+        {
+            bail!(
+                "conflict: unable to remove repository reference {:?} (must force) - container {} \
+                 is using its referenced image",
+                familiar(&image.name),
+                short_id(id)
+            );
+        }
+        delete_records(c, &targets).await?;
+    }
+    Ok(())
+}
+
+/// Sum of the sizes of the namespace's blobs.
+async fn content_size(c: &mut Clients) -> anyhow::Result<i64> {
+    let list = c
+        .content
+        .list(berth_api::berth::content::v1::ListContentRequest::default())
         .await
         .map_err(rpc)?;
-    for name in result? {
-        println!("Loaded image: {}", familiar(&name));
+    let mut total = 0;
+    let mut stream = list.into_inner();
+    while let Some(r) = tokio_stream::StreamExt::next(&mut stream).await {
+        total += r.map_err(rpc)?.info.iter().map(|i| i.size).sum::<i64>();
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(total)
 }
 
-fn read_json(path: &Path) -> anyhow::Result<Value> {
-    let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_slice(&data).with_context(|| format!("{} is not valid JSON", path.display()))
-}
-
-async fn load_index(
-    c: &mut Clients,
-    args: &LoadArgs,
-    index: &Value,
-    lease: &str,
-) -> anyhow::Result<Vec<String>> {
-    let manifests = index["manifests"]
-        .as_array()
-        .context("index.json lists no manifests")?;
-    let mut names = Vec::new();
-    for m in manifests {
-        let target = descriptor(m)?;
-        upload_tree(c, &args.dir, &target, lease).await?;
-        let annotations = &m["annotations"];
-        let name = match (
-            annotations[ANNOTATION_IMAGE_NAME].as_str(),
-            annotations[ANNOTATION_REF_NAME].as_str(),
-        ) {
-            (Some(full), _) => full.to_owned(),
-            (None, Some(tag)) => match &args.base_name {
-                Some(base) => format!("{base}:{tag}"),
-                None => tag.to_owned(),
-            },
-            (None, None) => match &args.base_name {
-                Some(base) => format!("{base}@{}", target.digest),
-                None => continue,
-            },
+/// `berthctl image prune [-a] [-f]`: removes dangling images (digest-only names), or with -a
+/// every image no container uses (only dangling ones, with a warning, when the tasks service
+/// cannot say which are used).
+async fn prune(ctx: &Context, c: &mut Clients, all: bool, force: bool) -> anyhow::Result<()> {
+    let in_use = images_in_use(ctx).await;
+    let all = match (all, &in_use) {
+        (true, None) => {
+            eprintln!(
+                "WARNING! The tasks service is not reachable, so which images containers use is \
+                 unknown: removing dangling images only."
+            );
+            false
+        }
+        (all, _) => all,
+    };
+    if !force {
+        let what = match all {
+            true => "all images without at least one container associated to them",
+            false => "all dangling images",
         };
-        let image = pb::Image {
-            name: name.clone(),
-            target: Some(target.clone()),
-            ..Default::default()
-        };
-        let created = c
-            .images
-            .create(pb::CreateImageRequest {
-                image: Some(image.clone()),
-            })
-            .await;
-        let recorded = match created {
-            Err(e) if e.code() == tonic::Code::AlreadyExists => {
-                c.images
-                    .update(pb::UpdateImageRequest {
-                        image: Some(image),
-                        update_mask: Some(prost_types::FieldMask {
-                            paths: vec!["target".into()],
-                        }),
-                    })
-                    .await
-                    .map_err(rpc)?
-                    .into_inner()
-                    .image
-            }
-            other => other.map_err(rpc)?.into_inner().image,
-        };
-        names.push(recorded.map_or(name, |i| i.name));
+        eprint!("WARNING! This will remove {what}.\nAre you sure you want to continue? [y/N] ");
+        std::io::stderr().flush()?;
+        let mut answer = String::new();
+        if std::io::stdin().is_terminal() {
+            std::io::stdin().lock().read_line(&mut answer)?;
+        }
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            eprintln!();
+            return Ok(());
+        }
     }
-    Ok(names)
+    let in_use = in_use.unwrap_or_default();
+    let images = all_images(c).await?;
+    let doomed: Vec<pb::Image> = images
+        .into_iter()
+        .filter(|i| all || split_name(&i.name).1 == "<none>")
+        .filter(|i| user_of(&in_use, i).is_none())
+        .collect();
+    let before = content_size(c).await?;
+    if !doomed.is_empty() {
+        println!("Deleted Images:");
+        delete_records(c, &doomed).await?;
+        println!();
+    }
+    let after = content_size(c).await?;
+    println!(
+        "Total reclaimed space: {}",
+        human_size((before - after).max(0))
+    );
+    Ok(())
 }
 
-fn descriptor(v: &Value) -> anyhow::Result<Descriptor> {
-    Ok(Descriptor {
-        media_type: v["mediaType"].as_str().unwrap_or_default().to_owned(),
-        digest: v["digest"]
-            .as_str()
-            .context("descriptor without digest")?
-            .to_owned(),
-        size: v["size"].as_i64().context("descriptor without size")?,
-        ..Default::default()
-    })
-}
-
-/// Uploads a blob and, for indexes and manifests, everything it lists (children first).
-async fn upload_tree(
+/// `berthctl image history NAME`: the config's history, newest first, Docker's columns.
+async fn history(
+    ctx: &Context,
     c: &mut Clients,
-    dir: &Path,
-    root: &Descriptor,
-    lease: &str,
+    name: &str,
+    no_trunc: bool,
+    quiet: bool,
 ) -> anyhow::Result<()> {
-    let mut stack = vec![(root.clone(), false)];
-    while let Some((d, expanded)) = stack.pop() {
-        let (alg, hex) = d
-            .digest
-            .split_once(':')
-            .with_context(|| format!("invalid digest {:?}", d.digest))?;
-        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) || alg.contains(['/', '.']) {
-            bail!("invalid digest {:?}", d.digest);
-        }
-        let path = dir.join("blobs").join(alg).join(hex);
-        if PARENT_TYPES.contains(&d.media_type.as_str()) && !expanded {
-            let v = read_json(&path)?;
-            stack.push((d.clone(), true));
-            let children = v["manifests"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .chain(v.get("config"))
-                .chain(v["layers"].as_array().into_iter().flatten());
-            for child in children {
-                stack.push((descriptor(child)?, false));
+    let image = get(&mut c.images, name).await?;
+    let target = image.target.clone().unwrap_or_default();
+    let r = resolve(&mut c.content, &target).await?;
+    let layers: Vec<i64> = r.manifest["layers"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .map(|d| d["size"].as_i64().unwrap_or_default())
+                .collect()
+        })
+        .unwrap_or_default();
+    let entries = r.config["history"].as_array().cloned().unwrap_or_default();
+    let mut rows = Vec::new();
+    let mut layer = 0;
+    for h in &entries {
+        let empty = h["empty_layer"].as_bool().unwrap_or(false);
+        let size = match empty {
+            true => 0,
+            false => {
+                layer += 1;
+                layers.get(layer - 1).copied().unwrap_or_default()
             }
-            continue;
+        };
+        rows.push((h, size));
+    }
+    rows.reverse();
+    let id = match no_trunc {
+        true => r.config_digest.clone(),
+        false => short_id(&r.config_digest),
+    };
+    let mut out = Vec::new();
+    for (i, (h, size)) in rows.iter().enumerate() {
+        let created = h["created"]
+            .as_str()
+            .and_then(|s| humantime::parse_rfc3339_weak(s).ok());
+        let created_by = h["created_by"]
+            .as_str()
+            .unwrap_or_default()
+            .replace('\t', " ");
+        let created_by = match no_trunc || created_by.chars().count() <= 45 {
+            true => created_by,
+            false => format!("{}…", created_by.chars().take(44).collect::<String>()),
+        };
+        out.push(json!({
+            "ID": if i == 0 { id.clone() } else { "<missing>".into() },
+            "CreatedSince": created.map(ago).unwrap_or_default(),
+            "CreatedAt": h["created"],
+            "CreatedBy": created_by,
+            "Size": human_size(*size),
+            "Comment": h["comment"].as_str().unwrap_or_default(),
+        }));
+    }
+    match ctx.output {
+        Output::Json => println!("{}", output::json(&out)?),
+        Output::Table if quiet => {
+            for row in &out {
+                println!("{}", row["ID"].as_str().unwrap_or_default());
+            }
         }
-        Upload {
-            reference: &format!("load-{}", d.digest),
-            expected: Some(&d.digest),
-            total: Some(d.size),
-            labels: HashMap::new(),
-            lease: Some(lease),
+        Output::Table => {
+            let cell = |row: &Value, k: &str| row[k].as_str().unwrap_or_default().to_owned();
+            let table = output::table(
+                &["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"],
+                out.iter().map(|row| {
+                    ["ID", "CreatedSince", "CreatedBy", "Size", "Comment"].map(|k| cell(row, k))
+                }),
+            );
+            println!("{table}");
         }
-        .send(&mut c.content, &path)
-        .await
-        .with_context(|| format!("storing {}", d.digest))?;
     }
     Ok(())
 }

@@ -15,6 +15,7 @@ use tokio_stream::StreamExt;
 
 use crate::content::rpc;
 use crate::context::Context;
+use crate::registry::RegistryArgs;
 
 #[derive(clap::Args)]
 pub struct PullArgs {
@@ -27,40 +28,41 @@ pub struct PullArgs {
     /// Fetch every platform of a multi-platform image.
     #[arg(long)]
     all_platforms: bool,
-    /// User name for the registry.
-    #[arg(long, short = 'u')]
-    user: Option<String>,
-    /// Password for the registry (with --user).
-    #[arg(long, env = "BERTH_REGISTRY_PASSWORD", hide_env_values = true)]
-    password: Option<String>,
-    /// Talk plain HTTP to the registry (loopback registries always do).
+    #[command(flatten)]
+    registry: RegistryArgs,
+    /// Only fetch the content; do not unpack the layers into snapshots.
     #[arg(long)]
-    plain_http: bool,
+    no_unpack: bool,
     /// Print only the image name when done.
     #[arg(long, short = 'q')]
     quiet: bool,
 }
 
-fn parse_platform(s: &str) -> anyhow::Result<Platform> {
+/// Parses `os/arch[/variant]`.
+pub fn parse_platform(s: &str) -> anyhow::Result<Platform> {
     let parts: Vec<&str> = s.split('/').collect();
     match parts[..] {
-        [os, arch] | [os, arch, ""] => Ok(Platform {
-            os: os.into(),
-            architecture: arch.into(),
-            ..Default::default()
-        }),
-        [os, arch, variant] => Ok(Platform {
-            os: os.into(),
-            architecture: arch.into(),
-            variant: variant.into(),
-            ..Default::default()
-        }),
+        [os, architecture] | [os, architecture, _]
+            if !os.is_empty() && !architecture.is_empty() =>
+        {
+            Ok(Platform {
+                os: os.into(),
+                architecture: architecture.into(),
+                variant: parts.get(2).map_or(String::new(), |v| v.to_string()),
+                os_version: String::new(),
+            })
+        }
         _ => anyhow::bail!("invalid platform {s:?}: expected os/arch[/variant], e.g. linux/amd64"),
     }
 }
 
-/// How progress is shown.
-enum Display {
+/// Parses each `os/arch[/variant]` of a repeated `--platform` flag.
+pub fn parse_platforms(list: &[String]) -> anyhow::Result<Vec<Platform>> {
+    list.iter().map(|p| parse_platform(p)).collect()
+}
+
+/// How the progress of a pull or push is shown.
+pub enum Display {
     Bars {
         multi: MultiProgress,
         bars: HashMap<String, ProgressBar>,
@@ -85,12 +87,33 @@ fn label(status: pb::ProgressStatus) -> &'static str {
         pb::ProgressStatus::Verifying => "Verifying Checksum",
         pb::ProgressStatus::Downloaded => "Download complete",
         pb::ProgressStatus::Exists => "Already exists",
-        _ => "",
+        pb::ProgressStatus::Unpacking => "Extracting",
+        pb::ProgressStatus::Unpacked => "Pull complete",
+        pb::ProgressStatus::Uploading => "Pushing",
+        pb::ProgressStatus::Pushed => "Pushed",
+        pb::ProgressStatus::Unspecified => "",
     }
 }
 
 impl Display {
-    fn show(&mut self, p: &pb::Progress) {
+    /// Bars on a terminal, plain lines otherwise, nothing when `quiet`.
+    pub fn new(quiet: bool) -> Display {
+        if quiet {
+            Display::Quiet
+        } else if std::io::stdout().is_terminal() {
+            Display::Bars {
+                multi: MultiProgress::new(),
+                bars: HashMap::new(),
+            }
+        } else {
+            Display::Lines {
+                last: HashMap::new(),
+            }
+        }
+    }
+
+    /// Shows one progress update.
+    pub fn show(&mut self, p: &pb::Progress) {
         let status = p.status();
         // Resolving is about the reference; the rest is about blobs.
         if matches!(
@@ -124,7 +147,9 @@ impl Display {
                 bar.set_position(p.offset.max(0) as u64);
                 if matches!(
                     status,
-                    pb::ProgressStatus::Downloaded | pb::ProgressStatus::Exists
+                    pb::ProgressStatus::Unpacked
+                        | pb::ProgressStatus::Exists
+                        | pb::ProgressStatus::Pushed
                 ) {
                     bar.finish();
                 }
@@ -134,44 +159,21 @@ impl Display {
 }
 
 pub async fn run(ctx: &Context, args: PullArgs) -> anyhow::Result<ExitCode> {
-    let platforms = args
-        .platform
-        .iter()
-        .map(|p| parse_platform(p))
-        .collect::<anyhow::Result<_>>()?;
-    let auth = args.user.map(|username| pb::RegistryAuth {
-        username,
-        password: args.password.unwrap_or_default(),
-        ..Default::default()
-    });
+    let platforms = parse_platforms(&args.platform)?;
     let mut images = ImagesClient::new(ctx.connect(Service::Images).await?);
     let mut stream = images
         .pull(pb::PullRequest {
             reference: args.reference.clone(),
-            registry: Some(pb::RegistryOptions {
-                auth,
-                plain_http: args.plain_http,
-                skip_tls_verify: false,
-            }),
+            registry: Some(args.registry.options()),
             platforms,
             all_platforms: args.all_platforms,
+            unpack: !args.no_unpack,
             ..Default::default()
         })
         .await
         .map_err(rpc)?
         .into_inner();
-    let mut display = if args.quiet {
-        Display::Quiet
-    } else if std::io::stdout().is_terminal() {
-        Display::Bars {
-            multi: MultiProgress::new(),
-            bars: HashMap::new(),
-        }
-    } else {
-        Display::Lines {
-            last: HashMap::new(),
-        }
-    };
+    let mut display = Display::new(args.quiet);
     let mut downloaded = false;
     let mut image = None;
     while let Some(message) = stream.next().await {

@@ -570,7 +570,7 @@ fn parse_label_changes(labels: &[String]) -> anyhow::Result<BTreeMap<String, Opt
 }
 
 /// Sizes as Docker prints them: 4 significant digits, decimal units (`4.096kB`).
-fn human_size(bytes: i64) -> String {
+pub fn human_size(bytes: i64) -> String {
     const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
     let mut size = bytes as f64;
     let mut unit = 0;

@@ -1,9 +1,8 @@
 //! End-to-end tests of the images service: content store, leases, garbage collection and image
 //! records, through berthctl and gRPC against the real binaries.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Output;
 
 use berth_api::berth::content::v1 as content;
 use berth_api::berth::content::v1::content_client::ContentClient;
@@ -11,44 +10,22 @@ use berth_api::berth::images::v1 as images_pb;
 use berth_api::berth::images::v1::images_client::ImagesClient;
 use berth_api::berth::leases::v1 as leases;
 use berth_api::berth::leases::v1::leases_client::LeasesClient;
+use berth_api::berth::snapshots::v1 as snapshots_pb;
+use berth_api::berth::snapshots::v1::snapshots_client::SnapshotsClient;
 use berth_api::client::Channel;
 use berth_tests::fixtures::images::{
     self, BUSYBOX_TAG, ImageLayout, LAYERED_TAG, LayerBuilder, LayoutWriter, sha256_digest,
 };
 use berth_tests::fixtures::registry::Registry;
+use berth_tests::harness::{ctl, fails};
+use berth_tests::images_api::{connect, pull, runtime};
+use berth_tests::tree;
 use berth_tests::{Berth, Mode, Options};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
 const MIB: usize = 1 << 20;
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "berthctl failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The one-line error of a berthctl command that must fail (and not panic).
-fn fails(out: Output) -> String {
-    assert!(
-        !out.status.success(),
-        "must fail: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    assert_ne!(out.status.code(), Some(101), "must not panic");
-    let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-    assert_eq!(err.lines().count(), 1, "one line: {err}");
-    err
-}
-
-fn ctl(berth: &Berth, args: &[&str]) -> String {
-    ok(berth.run_ctl(args).expect("running berthctl"))
-}
 
 /// Digests the namespace's content store lists.
 fn listed(berth: &Berth, ns: &str) -> BTreeSet<String> {
@@ -70,15 +47,6 @@ fn on_disk(berth: &Berth) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-/// Every blob of the image tagged `tag`.
-fn blobs(layout: &ImageLayout, tag: &str) -> BTreeSet<String> {
-    let image = layout.image(tag);
-    [image.manifest.digest.clone(), image.config.digest.clone()]
-        .into_iter()
-        .chain(image.layer_digests())
-        .collect()
-}
-
 /// Every blob file re-hashes to its name.
 fn check_blobs_verify(berth: &Berth) {
     for digest in on_disk(berth) {
@@ -87,19 +55,6 @@ fn check_blobs_verify(berth: &Berth) {
             std::fs::read(berth.root().join("images/content/blobs/sha256").join(hex)).unwrap();
         assert_eq!(sha256_digest(&data), digest);
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-async fn connect(berth: &Berth) -> Channel {
-    berth_api::client::connect(&berth.socket("images"), "default")
-        .await
-        .unwrap()
 }
 
 /// A Write stream driven one message at a time.
@@ -167,8 +122,8 @@ fn load_list_tag_rmi_and_gc_remove_exactly_unreferenced_blobs() -> anyhow::Resul
     assert!(out.contains("Loaded image: busybox:latest"), "{out}");
     assert!(out.contains("Loaded image: layered:latest"), "{out}");
 
-    let bb = blobs(&layout, BUSYBOX_TAG);
-    let ly = blobs(&layout, LAYERED_TAG);
+    let bb = layout.blobs(BUSYBOX_TAG);
+    let ly = layout.blobs(LAYERED_TAG);
     let all: BTreeSet<_> = bb.union(&ly).cloned().collect();
     assert_eq!(all.len(), 7, "the busybox layer is shared");
     assert_eq!(listed(&berth, "default"), all);
@@ -638,17 +593,17 @@ fn namespaces_see_only_their_own_images_and_content() -> anyhow::Result<()> {
     let layout = images::busybox_layout(dir.path())?;
     let path = dir.path().to_str().unwrap();
     ctl(&berth, &["-n", "team-a", "load", path]);
-    assert_eq!(listed(&berth, "team-a"), blobs(&layout, BUSYBOX_TAG));
+    assert_eq!(listed(&berth, "team-a"), layout.blobs(BUSYBOX_TAG));
     assert!(listed(&berth, "default").is_empty());
     assert_eq!(ctl(&berth, &["images", "-q"]).trim(), "");
     let err = fails(berth.run_ctl(&["image", "inspect", "busybox"])?);
     assert!(err.contains("not found"), "{err}");
     // The same image in a second namespace shares the data on disk.
     ctl(&berth, &["-n", "team-b", "load", path]);
-    assert_eq!(on_disk(&berth), blobs(&layout, BUSYBOX_TAG));
+    assert_eq!(on_disk(&berth), layout.blobs(BUSYBOX_TAG));
     ctl(&berth, &["-n", "team-a", "rmi", "busybox"]);
     assert!(listed(&berth, "team-a").is_empty());
-    assert_eq!(on_disk(&berth), blobs(&layout, BUSYBOX_TAG));
+    assert_eq!(on_disk(&berth), layout.blobs(BUSYBOX_TAG));
     ctl(&berth, &["-n", "team-b", "rmi", "busybox"]);
     assert!(on_disk(&berth).is_empty());
     check_dir_empty(&berth.root().join("images/content/ingest"));
@@ -675,46 +630,6 @@ fn registry_with_fixtures(
     Ok((registry, layout))
 }
 
-/// Pulls over gRPC; returns every progress message and the result.
-async fn pull(
-    channel: Channel,
-    reference: &str,
-    auth: Option<(&str, &str)>,
-) -> (
-    Vec<images_pb::Progress>,
-    Result<images_pb::Image, tonic::Status>,
-) {
-    let request = images_pb::PullRequest {
-        reference: reference.into(),
-        registry: Some(images_pb::RegistryOptions {
-            auth: auth.map(|(u, p)| images_pb::RegistryAuth {
-                username: u.into(),
-                password: p.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let mut progress = Vec::new();
-    let mut stream = match ImagesClient::new(channel).pull(request).await {
-        Ok(s) => s.into_inner(),
-        Err(e) => return (progress, Err(e)),
-    };
-    while let Some(message) = stream.next().await {
-        match message {
-            Ok(m) => {
-                progress.extend(m.progress);
-                if let Some(image) = m.image {
-                    return (progress, Ok(image));
-                }
-            }
-            Err(e) => return (progress, Err(e)),
-        }
-    }
-    (progress, Err(tonic::Status::unknown("no image")))
-}
-
 #[test]
 fn pull_stores_verified_blobs_records_the_image_and_skips_present_blobs() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -727,7 +642,7 @@ fn pull_stores_verified_blobs_records_the_image_and_skips_present_blobs() -> any
     assert!(out.contains(&format!("Digest: {manifest}")), "{out}");
     assert!(out.contains("Download complete"), "{out}");
     assert_eq!(out.lines().last(), Some(reference.as_str()), "{out}");
-    assert_eq!(listed(&berth, "default"), blobs(&layout, BUSYBOX_TAG));
+    assert_eq!(listed(&berth, "default"), layout.blobs(BUSYBOX_TAG));
     check_blobs_verify(&berth);
     let v: serde_json::Value =
         serde_json::from_str(&ctl(&berth, &["image", "inspect", &reference]))?;
@@ -774,8 +689,9 @@ fn pull_stores_verified_blobs_records_the_image_and_skips_present_blobs() -> any
                 .any(|p| p.r#ref == upper.descriptor.digest && p.status == downloaded)
         );
     }
-    let all: BTreeSet<_> = blobs(&layout, BUSYBOX_TAG)
-        .union(&blobs(&layout, LAYERED_TAG))
+    let all: BTreeSet<_> = layout
+        .blobs(BUSYBOX_TAG)
+        .union(&layout.blobs(LAYERED_TAG))
         .cloned()
         .collect();
     assert_eq!(listed(&berth, "default"), all);
@@ -861,7 +777,7 @@ fn pull_resumes_a_partial_blob_and_reports_registry_errors() -> anyhow::Result<(
         let (_, e) = pull(channel, "Bad/Reference", None).await;
         assert_eq!(e.unwrap_err().code(), tonic::Code::InvalidArgument);
     });
-    assert_eq!(listed(&berth, "default"), blobs(&layout, BUSYBOX_TAG));
+    assert_eq!(listed(&berth, "default"), layout.blobs(BUSYBOX_TAG));
     check_blobs_verify(&berth);
     let err = fails(berth.run_ctl(&["pull", &format!("{}/nosuch", registry.addr())])?);
     assert!(err.contains("nosuch"), "{err}");
@@ -871,20 +787,7 @@ fn pull_resumes_a_partial_blob_and_reports_registry_errors() -> anyhow::Result<(
 
 /// An image with one 4 MiB layer of noise (gzip cannot shrink it), tagged `big`.
 fn big_layout(dir: &Path) -> anyhow::Result<ImageLayout> {
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    let noise: Vec<u8> = (0..4 * MIB)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
-    let mut layer = LayerBuilder::new("noise");
-    layer.file("noise.bin", 0o644, noise);
-    let mut writer = LayoutWriter::open(dir)?;
-    writer.add_image("big", &[layer.build()?], images::fixture_config())?;
-    writer.finish()
+    images::noise_layout(dir, 4 * MIB, 0x9e37_79b9_7f4a_7c15_u64)
 }
 
 #[test]
@@ -953,8 +856,317 @@ fn pull_killed_midway_resumes_without_downloading_what_was_durable() -> anyhow::
         first.offset as u64, durable,
         "resumed at the durable offset"
     );
-    assert_eq!(listed(&berth, "default"), blobs(&layout, "big"));
+    assert_eq!(listed(&berth, "default"), layout.blobs("big"));
     check_blobs_verify(&berth);
+    drop(rt);
+    berth.stop()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Unpack
+// ---------------------------------------------------------------------------------------------
+
+/// Asserts that `got` holds the same tree as `want`, which is not trivially small.
+fn assert_same_tree(want: &Path, got: &Path) {
+    let paths = tree::assert_same_tree(want, got, false);
+    assert!(paths > 100, "{} lists only {paths} paths", want.display());
+}
+
+/// The chain ids of a stack of diff ids, bottom first (OCI image spec).
+fn chain_ids(diff_ids: &[String]) -> Vec<String> {
+    let mut chain: Vec<String> = Vec::new();
+    for d in diff_ids {
+        let next = match chain.last() {
+            None => d.clone(),
+            Some(prev) => sha256_digest(format!("{prev} {d}").as_bytes()),
+        };
+        chain.push(next);
+    }
+    chain
+}
+
+async fn unpack(channel: Channel, name: &str) -> Result<images_pb::UnpackResponse, tonic::Status> {
+    ImagesClient::new(channel)
+        .unpack(images_pb::UnpackRequest {
+            name: name.into(),
+            ..Default::default()
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Every snapshot of the namespace: name -> kind.
+async fn snapshots(berth: &Berth) -> BTreeMap<String, i32> {
+    let channel = berth_api::client::connect(&berth.socket("snapshots"), "default")
+        .await
+        .unwrap();
+    let mut stream = SnapshotsClient::new(channel)
+        .list(snapshots_pb::ListSnapshotsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut all = BTreeMap::new();
+    while let Some(batch) = stream.next().await {
+        for info in batch.unwrap().info {
+            all.insert(info.name, info.kind);
+        }
+    }
+    all
+}
+
+/// Mounts a read-only view of the committed snapshot `name` on a new directory in `scratch`.
+async fn view(berth: &Berth, name: &str, scratch: &Path) -> berth_snapshots::mount::Mounted {
+    let channel = berth_api::client::connect(&berth.socket("snapshots"), "default")
+        .await
+        .unwrap();
+    let mounts = SnapshotsClient::new(channel)
+        .view(snapshots_pb::ViewSnapshotRequest {
+            key: format!("view-{name}"),
+            parent: name.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .mounts;
+    let mounts: Vec<berth_snapshots::mount::Mount> = mounts
+        .into_iter()
+        .map(berth_snapshots::mount::Mount::from)
+        .collect();
+    berth_snapshots::mount::Mounted::temporary(&mounts, scratch).unwrap()
+}
+
+#[test]
+fn unpack_equals_umoci_file_by_file_and_reuses_existing_chains() -> anyhow::Result<()> {
+    let berth = Berth::start(Mode::AllInOne)?;
+    let dir = tempfile::tempdir()?;
+    let layout = images::build_all(&dir.path().join("layout"))?;
+    ctl(&berth, &["load", layout.path.to_str().unwrap()]);
+    let layered = chain_ids(&layout.image(LAYERED_TAG).diff_ids());
+    let busybox = chain_ids(&layout.image(BUSYBOX_TAG).diff_ids());
+    assert_eq!(busybox[0], layered[0], "the base layer is shared");
+
+    let rt = runtime();
+    rt.block_on(async {
+        // What a crash between Prepare and Commit leaves: removed by the next unpack.
+        let snapshots_channel = berth_api::client::connect(&berth.socket("snapshots"), "default")
+            .await
+            .unwrap();
+        SnapshotsClient::new(snapshots_channel)
+            .prepare(snapshots_pb::PrepareSnapshotRequest {
+                key: "extract-1-interrupted".into(),
+                labels: [("berth.io/snapshot/unpack".to_owned(), layered[0].clone())].into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let channel = connect(&berth).await;
+        // Two unpacks of one image at once: one makes every layer, the other waits and reuses.
+        let (a, b) = tokio::join!(
+            unpack(channel.clone(), "layered"),
+            unpack(channel.clone(), "layered")
+        );
+        let (a, b) = (a.expect("unpack"), b.expect("concurrent unpack"));
+        assert_eq!(a.chain_id, layered[2]);
+        assert_eq!(b.chain_id, layered[2]);
+        assert!(
+            a.existed != b.existed,
+            "exactly one made the chain: {a:?} {b:?}"
+        );
+        // busybox's only layer is layered's first: nothing to do.
+        let bb = unpack(channel.clone(), "busybox:latest").await.unwrap();
+        assert_eq!(
+            (bb.chain_id.as_str(), bb.existed),
+            (busybox[0].as_str(), true)
+        );
+
+        let committed = snapshots_pb::Kind::Committed as i32;
+        let all = snapshots(&berth).await;
+        let want: BTreeMap<String, i32> = layered.iter().map(|c| (c.clone(), committed)).collect();
+        assert_eq!(
+            all, want,
+            "one committed snapshot per chain id, nothing else"
+        );
+
+        // The config records the snapshot it keeps alive.
+        let config = &layout.image(LAYERED_TAG).config.digest;
+        let info = ContentClient::new(channel.clone())
+            .info(content::InfoRequest {
+                digest: config.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .info
+            .unwrap();
+        assert_eq!(
+            info.labels.get("berth.io/gc.ref.snapshot.overlay"),
+            Some(&layered[2])
+        );
+
+        // The merged view equals umoci's unpack of the same image, and the fixture's spec.
+        let scratch = tempfile::tempdir().unwrap();
+        let mounted = view(&berth, &layered[2], scratch.path()).await;
+        images::check_layered_rootfs(mounted.path()).unwrap();
+        let reference = dir.path().join("umoci");
+        layout.umoci_unpack(LAYERED_TAG, &reference).unwrap();
+        assert_same_tree(&reference, mounted.path());
+        drop(mounted);
+
+        let missing = unpack(channel.clone(), "nosuch").await.unwrap_err();
+        assert_eq!(missing.code(), tonic::Code::NotFound, "{missing}");
+        let empty = unpack(channel, "").await.unwrap_err();
+        assert_eq!(empty.code(), tonic::Code::InvalidArgument, "{empty}");
+    });
+    drop(rt);
+    berth.stop()
+}
+
+/// Writes an image tagged `tag` whose layers are `blobs` (media type, blob) with these diff ids.
+fn write_raw_image(
+    dir: &Path,
+    tag: &str,
+    blobs: &[(&str, Vec<u8>)],
+    diff_ids: &[String],
+) -> anyhow::Result<ImageLayout> {
+    let (arch, os) = images::host_platform();
+    let w = LayoutWriter::open(dir)?;
+    let layers: Vec<images::Descriptor> = blobs
+        .iter()
+        .map(|(m, data)| w.write_blob(m, data))
+        .collect::<anyhow::Result<_>>()?;
+    let config = serde_json::json!({
+        "architecture": arch, "os": os, "config": images::fixture_config(),
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    });
+    let config = w.write_blob(images::MEDIA_TYPE_CONFIG, &serde_json::to_vec(&config)?)?;
+    let desc = |d: &images::Descriptor| serde_json::json!({"mediaType": d.media_type, "digest": d.digest, "size": d.size});
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": images::MEDIA_TYPE_MANIFEST,
+        "config": desc(&config),
+        "layers": layers.iter().map(desc).collect::<Vec<_>>(),
+    });
+    let manifest = w.write_blob(images::MEDIA_TYPE_MANIFEST, &serde_json::to_vec(&manifest)?)?;
+    // Write index.json and oci-layout, then tag the raw manifest there.
+    w.finish()?;
+    let index_path = dir.join("index.json");
+    let mut index: serde_json::Value = serde_json::from_slice(&std::fs::read(&index_path)?)?;
+    let entries = index["manifests"].as_array_mut().unwrap();
+    entries.retain(|m| m["annotations"][images::ANNOTATION_REF_NAME] != tag);
+    entries.push(serde_json::json!({
+        "mediaType": images::MEDIA_TYPE_MANIFEST,
+        "digest": manifest.digest, "size": manifest.size,
+        "annotations": {images::ANNOTATION_REF_NAME: tag},
+        "platform": {"architecture": arch, "os": os},
+    }));
+    std::fs::write(&index_path, serde_json::to_vec(&index)?)?;
+    Ok(ImageLayout {
+        path: dir.to_owned(),
+        images: Default::default(),
+    })
+}
+
+fn zstd(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("zstd")
+        .args(["-q", "-c", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("running zstd (apt-get install zstd)");
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+#[test]
+fn unpack_reads_gzip_zstd_and_plain_layers_and_refuses_lying_or_oversized_ones()
+-> anyhow::Result<()> {
+    let options = Options {
+        config: Some("[images]\nmax_layer_size = 3000000\n".into()),
+        ..Default::default()
+    };
+    let berth = Berth::start_with(Mode::AllInOne, options)?;
+    let dir = tempfile::tempdir()?;
+    let layout_dir = dir.path().join("layout");
+    let base = images::busybox_layer()?;
+    let [l2, l3]: [images::Layer; 2] = images::layered_upper_layers()?.try_into().unwrap();
+    let diff_ids = vec![base.diff_id.clone(), l2.diff_id.clone(), l3.diff_id.clone()];
+    // The layered image again, its layers compressed three ways.
+    write_raw_image(
+        &layout_dir,
+        "mixed",
+        &[
+            (images::MEDIA_TYPE_LAYER_GZIP, base.gz.clone()),
+            ("application/vnd.oci.image.layer.v1.tar+zstd", zstd(&l2.tar)),
+            ("application/vnd.oci.image.layer.v1.tar", l3.tar.clone()),
+        ],
+        &diff_ids,
+    )?;
+    // A config whose last diff id lies.
+    let mut lying = diff_ids.clone();
+    lying[2] = sha256_digest(b"not this layer");
+    write_raw_image(
+        &layout_dir,
+        "liar",
+        &[
+            (images::MEDIA_TYPE_LAYER_GZIP, base.gz.clone()),
+            (images::MEDIA_TYPE_LAYER_GZIP, l2.gz.clone()),
+            (images::MEDIA_TYPE_LAYER_GZIP, l3.gz.clone()),
+        ],
+        &lying,
+    )?;
+    // 4 MiB of zeros: 4 KiB of gzip that expands beyond the 3 MB bound.
+    let mut bomb = LayerBuilder::new("bomb");
+    bomb.file("zeros", 0o644, vec![0u8; 4 * MIB]);
+    let bomb = bomb.build()?;
+    assert!(bomb.gz.len() < 64 << 10);
+    write_raw_image(
+        &layout_dir,
+        "bomb",
+        &[(images::MEDIA_TYPE_LAYER_GZIP, bomb.gz.clone())],
+        std::slice::from_ref(&bomb.diff_id),
+    )?;
+    // A layer of an unknown media type.
+    write_raw_image(
+        &layout_dir,
+        "odd",
+        &[("application/vnd.example.layer.v1.tar+lz4", l2.tar.clone())],
+        std::slice::from_ref(&l2.diff_id),
+    )?;
+    ctl(&berth, &["load", layout_dir.to_str().unwrap()]);
+
+    let chain = chain_ids(&diff_ids);
+    let rt = runtime();
+    rt.block_on(async {
+        let channel = connect(&berth).await;
+        let mixed = unpack(channel.clone(), "mixed")
+            .await
+            .expect("unpack mixed");
+        assert_eq!(mixed.chain_id, chain[2]);
+        let scratch = tempfile::tempdir().unwrap();
+        let mounted = view(&berth, &chain[2], scratch.path()).await;
+        images::check_layered_rootfs(mounted.path()).unwrap();
+        drop(mounted);
+
+        let before = snapshots(&berth).await;
+        let e = unpack(channel.clone(), "liar").await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+        assert!(
+            e.message().contains(&l3.diff_id) && e.message().contains(&lying[2]),
+            "{e}"
+        );
+        let e = unpack(channel.clone(), "bomb").await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+        assert!(e.message().contains("max_layer_size"), "{e}");
+        let e = unpack(channel.clone(), "odd").await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+        assert!(e.message().contains("unsupported media type"), "{e}");
+        // The failures left no snapshot behind (the view of the test aside).
+        assert_eq!(snapshots(&berth).await, before);
+    });
     drop(rt);
     berth.stop()
 }

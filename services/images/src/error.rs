@@ -161,6 +161,103 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A credentials file cannot be used.
+    #[error("credentials file {}: {reason}", path.display())]
+    Credentials {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Plain HTTP was asked for a registry that is neither loopback nor marked insecure.
+    #[error(
+        "registry {registry} is not on loopback and not listed in [images] insecure_registries: plain HTTP refused"
+    )]
+    InsecureRegistry {
+        /// The registry.
+        registry: String,
+    },
+    /// An index cannot be pushed whole and more than one of its manifests was chosen.
+    #[error(
+        "index {digest} lists {listed} manifests but only {chosen} are chosen or present locally: push one platform (--platform) or pull them all first"
+    )]
+    IncompleteIndex {
+        /// Digest of the index.
+        digest: String,
+        /// Manifests it lists.
+        listed: usize,
+        /// Manifests chosen and present.
+        chosen: usize,
+    },
+    /// No credentials are stored for a registry.
+    #[error("not logged in to {registry}")]
+    NotLoggedIn {
+        /// The registry.
+        registry: String,
+    },
+    /// A call to the snapshots service failed.
+    #[error("snapshots service: {op} {key:?}: {}", status.message())]
+    Snapshots {
+        /// The call (`prepare`, `commit`...).
+        op: &'static str,
+        /// The snapshot key or name concerned.
+        key: String,
+        /// What the service answered.
+        status: Box<tonic::Status>,
+    },
+    /// The snapshots service cannot be reached.
+    #[error("snapshots service unreachable: {reason}")]
+    SnapshotsUnreachable {
+        /// Why.
+        reason: String,
+    },
+    /// A layer could not be applied onto its snapshot.
+    #[error("layer {layer}: {source}")]
+    Layer {
+        /// Digest of the layer blob.
+        layer: String,
+        /// What the layer library reported.
+        source: berth_snapshots::Error,
+    },
+    /// A layer's uncompressed content does not hash to the diff id its image config lists.
+    #[error(
+        "layer {layer}: uncompressed content hashes to {actual}, the image config says {expected}"
+    )]
+    DiffIdMismatch {
+        /// Digest of the layer blob.
+        layer: String,
+        /// The config's diff id.
+        expected: String,
+        /// The digest of what the layer holds.
+        actual: String,
+    },
+    /// A layer expands beyond the configured bound (`images.max_layer_size`).
+    #[error(
+        "layer {layer}: uncompressed size exceeds the limit of {limit} bytes (images.max_layer_size)"
+    )]
+    LayerTooLarge {
+        /// Digest of the layer blob.
+        layer: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// A blob's media type is not one berth can handle there.
+    #[error("{digest}: unsupported media type {media_type:?}")]
+    UnsupportedMediaType {
+        /// Digest of the blob.
+        digest: String,
+        /// Its media type.
+        media_type: String,
+    },
+    /// An image archive (Import) is malformed: a bad entry name, a blob that does not match
+    /// its digest or size, a truncated or missing entry, a descriptor pointing nowhere.
+    #[error("archive entry {entry:?}: {reason}")]
+    BadArchive {
+        /// The archive entry (path in the tar) concerned.
+        entry: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A file system operation failed.
     #[error("{}: {source}", path.display())]
     Io {
@@ -199,14 +296,28 @@ impl Error {
             Error::InvalidDigest { .. }
             | Error::InvalidField { .. }
             | Error::InvalidFilter { .. }
-            | Error::InvalidReference { .. } => Kind::InvalidArgument,
+            | Error::InvalidReference { .. }
+            | Error::BadArchive { .. } => Kind::InvalidArgument,
             Error::OffsetMismatch { .. }
             | Error::SizeMismatch { .. }
             | Error::DigestMismatch { .. } => Kind::FailedPrecondition,
             Error::IngestLocked { .. } => Kind::Unavailable,
             Error::Registry { source, .. } => registry_kind(source),
-            Error::NoMatchingPlatform { .. } => Kind::NotFound,
+            Error::NoMatchingPlatform { .. } | Error::NotLoggedIn { .. } => Kind::NotFound,
             Error::BadManifest { .. } => Kind::FailedPrecondition,
+            Error::Credentials { .. }
+            | Error::InsecureRegistry { .. }
+            | Error::IncompleteIndex { .. } => Kind::FailedPrecondition,
+            Error::Snapshots { status, .. } => status_kind(status.code()),
+            Error::SnapshotsUnreachable { .. } => Kind::Unavailable,
+            Error::Layer { source, .. } => match source.kind() {
+                berth_snapshots::ErrorKind::Unavailable => Kind::Unavailable,
+                berth_snapshots::ErrorKind::Internal => Kind::Internal,
+                _ => Kind::FailedPrecondition,
+            },
+            Error::DiffIdMismatch { .. }
+            | Error::LayerTooLarge { .. }
+            | Error::UnsupportedMediaType { .. } => Kind::FailedPrecondition,
             Error::Io { .. } | Error::Task(_) | Error::Db(_) | Error::Corrupt { .. } => {
                 Kind::Internal
             }
@@ -225,6 +336,21 @@ impl Error {
             field,
             reason: reason.into(),
         }
+    }
+}
+
+/// How a status from another berth service is classified.
+fn status_kind(code: tonic::Code) -> Kind {
+    use tonic::Code as C;
+    match code {
+        C::NotFound => Kind::NotFound,
+        C::AlreadyExists => Kind::AlreadyExists,
+        C::InvalidArgument => Kind::InvalidArgument,
+        C::FailedPrecondition => Kind::FailedPrecondition,
+        C::Unavailable | C::DeadlineExceeded | C::ResourceExhausted => Kind::Unavailable,
+        C::Unauthenticated => Kind::Unauthenticated,
+        C::PermissionDenied => Kind::PermissionDenied,
+        _ => Kind::Internal,
     }
 }
 
@@ -249,7 +375,20 @@ fn registry_kind(e: &oci_client::errors::OciDistributionError) -> Kind {
             404 => Kind::NotFound,
             _ => Kind::Unavailable,
         },
-        E::RequestError(_) | E::IoError(_) => Kind::Unavailable,
+        E::RequestError(e) => match e.status().map(|s| s.as_u16()) {
+            Some(401) => Kind::Unauthenticated,
+            Some(403) => Kind::PermissionDenied,
+            Some(404) => Kind::NotFound,
+            _ => Kind::Unavailable,
+        },
+        // The blob stream checks the digest at its end.
+        E::IoError(e)
+            if e.get_ref()
+                .is_some_and(|inner| inner.is::<oci_client::errors::DigestError>()) =>
+        {
+            Kind::FailedPrecondition
+        }
+        E::IoError(_) => Kind::Unavailable,
         E::DigestError(_)
         | E::SpecViolationError(_)
         | E::ManifestParsingError(_)

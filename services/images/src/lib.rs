@@ -2,7 +2,7 @@
 //!
 //! Domain modules (no tonic): [`content`] (the [`content::ContentStore`] of blobs and ingests),
 //! [`leases`] ([`leases::LeaseManager`]), [`images`] ([`images::ImageStore`]), [`gc`] (garbage
-//! collection), [`pull`] (registry pulls), [`reference`] (Docker reference normalisation), [`filters`] (list filters) and
+//! collection), [`pull`] (registry pulls), [`archive`] (image tar archives), [`reference`] (Docker reference normalisation), [`filters`] (list filters) and
 //! [`digest`]. [`service`] adapts them to gRPC. State lives under `<root>/images/`: blobs and
 //! ingests under `content/`, records in the redb database `metadata.redb`.
 //!
@@ -14,6 +14,7 @@
 
 #![warn(missing_docs)]
 
+pub mod archive;
 pub mod content;
 mod db;
 pub mod digest;
@@ -21,9 +22,13 @@ pub mod error;
 pub mod gc;
 pub mod images;
 pub mod leases;
+pub mod manifest;
 pub mod pull;
+pub mod push;
 pub mod reference;
+pub mod registry;
 pub mod service;
+pub mod unpack;
 
 use std::sync::Arc;
 
@@ -45,7 +50,24 @@ pub fn hosted(config: &Config) -> anyhow::Result<Hosted> {
     let gc = gc::Collector::new(db.clone(), content.clone());
     let images = Arc::new(images::DbImages::new(db.clone()));
     let leases = Arc::new(leases::DbLeases::new(db));
-    let puller = pull::Puller::new(content.clone(), images.clone(), leases.clone());
+    let registries = registry::Registries::from_config(&config.images);
+    let puller = pull::Puller::new(
+        content.clone(),
+        images.clone(),
+        leases.clone(),
+        registries.clone(),
+    );
+    let pusher = push::Pusher::new(content.clone(), images.clone(), registries.clone());
+    let unpacker = unpack::Unpacker::new(
+        content.clone(),
+        images.clone(),
+        Service::Snapshots.socket(&config.state),
+        snapshotter_name(config.snapshots.driver).into(),
+        root.join("unpack"),
+        config.images.max_layer_size,
+    );
+    let archiver =
+        archive::Archiver::new(content.clone(), images.clone(), leases.clone(), gc.clone());
     let routes = tonic::service::Routes::default()
         .add_service(ContentServer::new(service::ContentService::new(
             content,
@@ -54,6 +76,10 @@ pub fn hosted(config: &Config) -> anyhow::Result<Hosted> {
         .add_service(ImagesServer::new(service::ImagesService::new(
             images,
             puller,
+            pusher,
+            registries,
+            unpacker,
+            archiver,
             gc.clone(),
         )))
         .add_service(LeasesServer::new(service::LeasesService::new(leases, gc)));
@@ -61,6 +87,15 @@ pub fn hosted(config: &Config) -> anyhow::Result<Hosted> {
         service: Service::Images,
         routes,
     })
+}
+
+/// The name clients use for the snapshotter the configuration selects.
+fn snapshotter_name(driver: berth_api::config::SnapshotDriver) -> &'static str {
+    use berth_snapshots::local::Driver;
+    match driver {
+        berth_api::config::SnapshotDriver::Overlay => berth_snapshots::overlay::OverlayDriver::NAME,
+        berth_api::config::SnapshotDriver::Copy => berth_snapshots::copy::CopyDriver::NAME,
+    }
 }
 
 /// Serves the images service alone until SIGTERM or SIGINT.

@@ -18,18 +18,21 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::{StreamExt, TryStreamExt};
-use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol};
+use oci_client::client::BlobResponse;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::content::{ContentStore, MAX_CHUNK, WriteRequest, Writer};
+use crate::content::{ContentStore, LabelUpdate, MAX_CHUNK, WriteRequest, Writer};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::images::{Descriptor, Image, ImageStore, Platform};
 use crate::leases::LeaseManager;
+use crate::manifest::platform_matches;
 use crate::reference;
+pub use crate::registry::Auth;
+use crate::registry::{Registries, registry_error};
 
 /// OCI image index.
 pub const MEDIA_TYPE_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -40,6 +43,9 @@ pub const MEDIA_TYPE_DOCKER_LIST: &str =
     "application/vnd.docker.distribution.manifest.list.v2+json";
 /// Docker schema2 manifest.
 pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Label prefix recording the repository a blob was pulled from:
+/// `berth.io/distribution.source.<registry>` = `<repository>`.
+pub const SOURCE_LABEL_PREFIX: &str = "berth.io/distribution.source.";
 /// Largest index or manifest accepted from a registry.
 pub const MAX_MANIFEST: u64 = 4 << 20;
 /// Blobs downloaded at once unless the request says otherwise.
@@ -50,23 +56,6 @@ const LEASE_TTL: Duration = Duration::from_secs(3600);
 /// SIGKILL as soon as a pull has stored at least this many bytes of one blob, as a crash in the
 /// middle of a download would.
 pub const KILL_AT_ENV: &str = "BERTH_FAILPOINT_PULL_KILL_AT";
-
-/// Credentials for a registry.
-#[derive(Debug, Clone, Default)]
-pub enum Auth {
-    /// No credentials.
-    #[default]
-    Anonymous,
-    /// HTTP basic authentication (also used at the token endpoint of a bearer challenge).
-    Basic {
-        /// User name.
-        username: String,
-        /// Password.
-        password: String,
-    },
-    /// A bearer token sent as is.
-    Token(String),
-}
 
 /// What to pull and how.
 #[derive(Debug, Clone, Default)]
@@ -102,6 +91,14 @@ pub enum Stage {
     Downloaded,
     /// Already in the content store: skipped.
     Exists,
+    /// A layer is being unpacked into a snapshot.
+    Unpacking,
+    /// A layer is unpacked and its snapshot committed.
+    Unpacked,
+    /// Uploading to a registry (the offset says how far).
+    Uploading,
+    /// Uploaded to a registry, or mounted there from another repository.
+    Pushed,
 }
 
 /// Progress of one piece of content.
@@ -124,6 +121,7 @@ pub struct Puller<C, I, L> {
     content: C,
     images: Arc<I>,
     leases: Arc<L>,
+    registries: Registries,
     kill_at: Option<u64>,
 }
 
@@ -188,24 +186,6 @@ pub fn host_platform() -> Platform {
         architecture: architecture.into(),
         ..Platform::default()
     }
-}
-
-fn matches(want: &Platform, have: &Platform) -> bool {
-    want.os == have.os
-        && want.architecture == have.architecture
-        && (want.variant.is_empty() || want.variant == have.variant)
-}
-
-fn is_loopback(registry: &str) -> bool {
-    let host = match registry.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => registry,
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Runs a domain call on the blocking pool.
@@ -299,12 +279,14 @@ where
     I: ImageStore,
     L: LeaseManager,
 {
-    /// A puller over these stores (with the failpoint of [`KILL_AT_ENV`] if it is set).
-    pub fn new(content: C, images: Arc<I>, leases: Arc<L>) -> Self {
+    /// A puller over these stores, reaching registries as `registries` says (with the
+    /// failpoint of [`KILL_AT_ENV`] if it is set).
+    pub fn new(content: C, images: Arc<I>, leases: Arc<L>, registries: Registries) -> Self {
         Puller {
             content,
             images,
             leases,
+            registries,
             kill_at: std::env::var(KILL_AT_ENV).ok().and_then(|v| v.parse().ok()),
         }
     }
@@ -319,24 +301,23 @@ where
     ) -> Result<Image> {
         let parsed = reference::parse(&options.reference)?;
         let name = parsed.whole();
-        let registry = parsed.registry().to_owned();
-        let config = ClientConfig {
-            protocol: if options.plain_http || is_loopback(&registry) {
-                ClientProtocol::Http
+        // Mirrors first, the registry itself last; a mirror that fails is skipped.
+        let mut sources = Vec::new();
+        for candidate in self.registries.candidates(&parsed) {
+            let is_origin = candidate.registry() == parsed.registry();
+            // Request credentials are for the registry named, not for its mirrors.
+            let auth = if is_origin {
+                options.auth.clone()
             } else {
-                ClientProtocol::Https
-            },
-            platform_resolver: None,
-            connect_timeout: Some(Duration::from_secs(10)),
-            read_timeout: Some(Duration::from_secs(60)),
-            no_proxy: Some("127.0.0.1,localhost,::1".into()),
-            ..ClientConfig::default()
-        };
-        let auth = match options.auth {
-            Auth::Anonymous => RegistryAuth::Anonymous,
-            Auth::Basic { username, password } => RegistryAuth::Basic(username, password),
-            Auth::Token(t) => RegistryAuth::Bearer(t),
-        };
+                Auth::Anonymous
+            };
+            let plain_http = options.plain_http && is_origin;
+            sources.push((
+                candidate.clone(),
+                self.registries
+                    .remote(&candidate, &auth, plain_http, false)?,
+            ));
+        }
         let leases = self.leases.clone();
         let owner = ns.to_owned();
         let lease = blocking(move || {
@@ -344,16 +325,6 @@ where
             leases.create(&owner, None, labels, Some(SystemTime::now() + LEASE_TTL))
         })
         .await?;
-        let pull = Pull {
-            kill_at: self.kill_at,
-            ns: ns.to_owned(),
-            client: Client::new(config),
-            auth,
-            reference: parsed,
-            lease: lease.id.clone(),
-            content: self.content.clone(),
-            progress,
-        };
         let platforms = match options.platforms.is_empty() {
             true => vec![host_platform()],
             false => options.platforms,
@@ -362,9 +333,35 @@ where
             0 => DEFAULT_CONCURRENCY,
             n => n,
         };
-        let target = pull
-            .fetch(&name, &platforms, options.all_platforms, concurrency)
-            .await?;
+        let mut target = None;
+        let count = sources.len();
+        for (i, (reference, remote)) in sources.into_iter().enumerate() {
+            let pull = Pull {
+                kill_at: self.kill_at,
+                ns: ns.to_owned(),
+                client: remote.client,
+                auth: remote.auth,
+                reference,
+                lease: lease.id.clone(),
+                content: self.content.clone(),
+                progress: progress.clone(),
+            };
+            match pull
+                .fetch(&name, &platforms, options.all_platforms, concurrency)
+                .await
+            {
+                Ok(t) => {
+                    target = Some(t);
+                    break;
+                }
+                Err(e) if i + 1 < count => {
+                    tracing::warn!(mirror = %pull.reference.registry(), error = %e, "mirror failed, trying the next source");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let target =
+            target.ok_or_else(|| Error::invalid("reference", "no registry to pull from"))?;
         let images = self.images.clone();
         let owner = ns.to_owned();
         let labels = options.labels;
@@ -389,17 +386,6 @@ impl<C: ContentStore + Clone> Pull<C> {
         let _ = self.progress.send(progress).await;
     }
 
-    fn registry_error(
-        &self,
-        what: &str,
-    ) -> impl Fn(oci_client::errors::OciDistributionError) -> Error + use<C> {
-        let reference = format!("{}{what}", self.reference.whole());
-        move |source| Error::Registry {
-            reference: reference.clone(),
-            source: Box::new(source),
-        }
-    }
-
     /// Fetches everything the image needs; returns its root descriptor.
     async fn fetch(
         &self,
@@ -419,7 +405,7 @@ impl<C: ContentStore + Clone> Pull<C> {
             .client
             .pull_manifest_raw(&self.reference, &self.auth, &accept)
             .await
-            .map_err(self.registry_error(""))?;
+            .map_err(registry_error(&self.reference, ""))?;
         let digest: Digest = digest.parse()?;
         let (root, json) = check_manifest(&digest, &body, None)?;
         self.report(name, Stage::Resolved, Some(&root), 0).await;
@@ -430,7 +416,7 @@ impl<C: ContentStore + Clone> Pull<C> {
             for entry in entries {
                 let d = entry.descriptor(&digest)?;
                 let platform = d.platform.clone().unwrap_or_default();
-                if all_platforms || platforms.iter().any(|p| matches(p, &platform)) {
+                if all_platforms || platforms.iter().any(|p| platform_matches(p, &platform)) {
                     chosen.push(d);
                 }
             }
@@ -454,7 +440,7 @@ impl<C: ContentStore + Clone> Pull<C> {
                     .client
                     .pull_manifest_raw(&by_digest, &self.auth, &accept)
                     .await
-                    .map_err(self.registry_error(&format!("@{}", d.digest)))?;
+                    .map_err(registry_error(&self.reference, &format!("@{}", d.digest)))?;
                 let (checked, json) = check_manifest(&d.digest, &body, Some(&d))?;
                 if json.manifests.is_some() {
                     return Err(Error::BadManifest {
@@ -496,6 +482,15 @@ impl<C: ContentStore + Clone> Pull<C> {
         Ok(root)
     }
 
+    /// Labels of a blob fetched from this pull's repository: where it came from, so a push to
+    /// the same registry can mount it instead of uploading it.
+    fn source_labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([(
+            format!("{SOURCE_LABEL_PREFIX}{}", self.reference.registry()),
+            self.reference.repository().to_owned(),
+        )])
+    }
+
     fn request(&self, d: &Descriptor) -> WriteRequest {
         WriteRequest {
             reference: format!("pull-{}", d.digest),
@@ -528,8 +523,14 @@ impl<C: ContentStore + Clone> Pull<C> {
     async fn download(&self, d: &Descriptor) -> Result<()> {
         let key = d.digest.to_string();
         let (content, ns, request) = (self.content.clone(), self.ns.clone(), self.request(d));
+        let (digest, labels) = (d.digest.clone(), self.source_labels());
         let opened = blocking(move || match content.writer(&ns, request) {
-            Err(Error::ContentExists { .. }) => Ok(None),
+            Err(Error::ContentExists { .. }) => {
+                // Present already: record this repository as a source too.
+                let update = labels.into_iter().map(|(k, v)| (k, Some(v))).collect();
+                content.update(&ns, &digest, LabelUpdate::Keys(update))?;
+                Ok(None)
+            }
             other => other.map(Some),
         })
         .await?;
@@ -538,7 +539,7 @@ impl<C: ContentStore + Clone> Pull<C> {
             return Ok(());
         };
         let mut offset = writer.status().offset;
-        let error = self.registry_error(&format!("@{key}"));
+        let error = registry_error(&self.reference, &format!("@{key}"));
         let layer = key.as_str();
         let mut stream = if offset > 0 && offset < d.size {
             match self
@@ -563,11 +564,18 @@ impl<C: ContentStore + Clone> Pull<C> {
         self.report(&key, Stage::Downloading, Some(d), offset).await;
         let mut buf = Vec::with_capacity(MAX_CHUNK);
         loop {
-            let chunk = stream
-                .next()
-                .await
-                .transpose()
-                .map_err(|e| error(e.into()))?;
+            let chunk = match stream.next().await.transpose() {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    let e = error(e.into());
+                    if e.kind() == crate::error::Kind::FailedPrecondition {
+                        // The registry sent other bytes than the digest names: drop them.
+                        drop(writer);
+                        self.discard(&format!("pull-{key}")).await;
+                    }
+                    return Err(e);
+                }
+            };
             let end = chunk.is_none();
             if let Some(chunk) = chunk {
                 let mut rest: &[u8] = &chunk;
@@ -592,38 +600,37 @@ impl<C: ContentStore + Clone> Pull<C> {
                 break;
             }
         }
-        blocking(move || {
+        let labels = self.source_labels();
+        let committed = blocking(move || {
             writer.write(offset, &buf)?;
-            match writer.commit(BTreeMap::new()) {
+            match writer.commit(labels) {
                 Ok(_) | Err(Error::ContentExists { .. }) => Ok(()),
                 Err(e) => Err(e),
             }
         })
-        .await?;
+        .await;
+        if let Err(e @ (Error::DigestMismatch { .. } | Error::SizeMismatch { .. })) = committed {
+            // Wrong bytes: a retry must download them again, not resume after them.
+            self.discard(&format!("pull-{key}")).await;
+            return Err(e);
+        }
+        committed?;
         self.report(&key, Stage::Downloaded, Some(d), d.size).await;
         Ok(())
+    }
+
+    /// Removes the ingest `reference` (its data cannot be right).
+    async fn discard(&self, reference: &str) {
+        let (content, ns, r) = (self.content.clone(), self.ns.clone(), reference.to_owned());
+        if let Err(e) = blocking(move || content.abort(&ns, &r)).await {
+            tracing::warn!(reference, error = %e, "cannot remove a bad ingest");
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn loopback_registries() {
-        for r in [
-            "127.0.0.1:5000",
-            "localhost:5000",
-            "localhost",
-            "[::1]:5000",
-            "127.0.0.2",
-        ] {
-            assert!(is_loopback(r), "{r}");
-        }
-        for r in ["docker.io", "example.com:5000", "10.0.0.1:5000"] {
-            assert!(!is_loopback(r), "{r}");
-        }
-    }
 
     fn check(media_type: Option<&str>, json: serde_json::Value) -> Result<Descriptor> {
         let mut json = json;
@@ -689,8 +696,8 @@ mod tests {
             variant: String::new(),
             ..arm.clone()
         };
-        assert!(matches(&want, &arm));
-        assert!(!matches(
+        assert!(platform_matches(&want, &arm));
+        assert!(!platform_matches(
             &arm,
             &Platform {
                 variant: "v6".into(),

@@ -1,5 +1,5 @@
-//! `berth.images.v1.Images` over an [`ImageStore`] and a [`Puller`] (Push, Export, Import and
-//! Unpack answer Unimplemented until they land).
+//! `berth.images.v1.Images` over an [`ImageStore`], a [`Puller`], a [`Pusher`], an
+//! [`Unpacker`] and an [`Archiver`] (Export and Import, see [`super::archive`]).
 
 use std::sync::Arc;
 
@@ -11,27 +11,50 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{blocking, collect_after_delete, digest, labels, namespace, timestamp, unsigned};
+use crate::archive::Archiver;
 use crate::content::{ContentStore, LabelUpdate};
 use crate::error::{Error, Result};
 use crate::gc::Collector;
 use crate::images::{Descriptor, Image, ImageStore, ImageUpdate, Platform};
 use crate::leases::LeaseManager;
 use crate::pull::{Auth, Progress, PullOptions, Puller, Stage};
+use crate::push::{PushOptions, Pusher};
+use crate::registry::Registries;
+use crate::unpack::Unpacker;
 use berth_api::filters::Filters;
 
 /// The Images service.
 pub struct ImagesService<C, I, L> {
     images: Arc<I>,
     puller: Arc<Puller<C, I, L>>,
+    pusher: Arc<Pusher<C, I>>,
+    registries: Registries,
+    unpacker: Arc<Unpacker<C, I>>,
+    archiver: Arc<Archiver<C, I, L>>,
     gc: Collector,
 }
 
 impl<C, I, L> ImagesService<C, I, L> {
-    /// Serves `images` and pulls with `puller`; Delete runs `gc` afterwards.
-    pub fn new(images: Arc<I>, puller: Puller<C, I, L>, gc: Collector) -> Self {
+    /// Serves `images`, pulls with `puller`, pushes with `pusher`, logs in and searches with
+    /// `registries`, unpacks with `unpacker`, exports and imports with `archiver`; Delete runs
+    /// `gc` afterwards.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        images: Arc<I>,
+        puller: Puller<C, I, L>,
+        pusher: Pusher<C, I>,
+        registries: Registries,
+        unpacker: Unpacker<C, I>,
+        archiver: Archiver<C, I, L>,
+        gc: Collector,
+    ) -> Self {
         ImagesService {
             images,
             puller: Arc::new(puller),
+            pusher: Arc::new(pusher),
+            registries,
+            unpacker: Arc::new(unpacker),
+            archiver: Arc::new(archiver),
             gc,
         }
     }
@@ -70,7 +93,7 @@ pub(crate) fn descriptor(d: Option<types::Descriptor>) -> Result<Descriptor> {
     })
 }
 
-fn image(i: Image) -> pb::Image {
+pub(super) fn image(i: Image) -> pb::Image {
     pb::Image {
         name: i.name,
         labels: i.labels.into_iter().collect(),
@@ -80,7 +103,7 @@ fn image(i: Image) -> pb::Image {
     }
 }
 
-fn platform(p: types::Platform) -> Platform {
+pub(super) fn platform(p: types::Platform) -> Platform {
     Platform {
         os: p.os,
         architecture: p.architecture,
@@ -89,8 +112,9 @@ fn platform(p: types::Platform) -> Platform {
     }
 }
 
-fn pull_options(req: pb::PullRequest) -> Result<PullOptions> {
-    let registry = req.registry.unwrap_or_default();
+/// Credentials and transport of a request.
+fn registry_options(registry: Option<pb::RegistryOptions>) -> Result<(Auth, bool)> {
+    let registry = registry.unwrap_or_default();
     let auth = match registry.auth.unwrap_or_default() {
         a if !a.registry_token.is_empty() => Auth::Token(a.registry_token),
         a if !a.identity_token.is_empty() => {
@@ -111,10 +135,15 @@ fn pull_options(req: pb::PullRequest) -> Result<PullOptions> {
             "is not supported yet: use plain_http for a test registry",
         ));
     }
+    Ok((auth, registry.plain_http))
+}
+
+fn pull_options(req: pb::PullRequest) -> Result<PullOptions> {
+    let (auth, plain_http) = registry_options(req.registry)?;
     Ok(PullOptions {
         reference: req.reference,
         auth,
-        plain_http: registry.plain_http,
+        plain_http,
         platforms: req.platforms.into_iter().map(platform).collect(),
         all_platforms: req.all_platforms,
         labels: labels(req.labels),
@@ -130,6 +159,10 @@ fn progress(p: Progress) -> pb::Progress {
         Stage::Downloading => pb::ProgressStatus::Downloading,
         Stage::Downloaded => pb::ProgressStatus::Downloaded,
         Stage::Exists => pb::ProgressStatus::Exists,
+        Stage::Unpacking => pb::ProgressStatus::Unpacking,
+        Stage::Unpacked => pb::ProgressStatus::Unpacked,
+        Stage::Uploading => pb::ProgressStatus::Uploading,
+        Stage::Pushed => pb::ProgressStatus::Pushed,
     };
     pb::Progress {
         r#ref: p.reference,
@@ -138,10 +171,6 @@ fn progress(p: Progress) -> pb::Progress {
         offset: p.offset as i64,
         total: p.total as i64,
     }
-}
-
-fn unimplemented(what: &str) -> Status {
-    Status::unimplemented(format!("{what} is not implemented yet"))
 }
 
 #[tonic::async_trait]
@@ -269,15 +298,24 @@ where
     ) -> Result<Response<Self::PullStream>, Status> {
         let ns = namespace(request.metadata())?;
         let req = request.into_inner();
-        if req.unpack {
-            return Err(unimplemented("Unpack"));
-        }
+        let unpack = req
+            .unpack
+            .then(|| (req.snapshotter.clone(), req.platforms.first().cloned()));
         let options = pull_options(req)?;
-        let puller = self.puller.clone();
+        let (puller, unpacker) = (self.puller.clone(), self.unpacker.clone());
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
             let (progress_tx, mut progress_rx) = mpsc::channel(64);
-            let work = tokio::spawn(async move { puller.pull(&ns, options, progress_tx).await });
+            let work = tokio::spawn(async move {
+                let image = puller.pull(&ns, options, progress_tx.clone()).await?;
+                if let Some((snapshotter, platform)) = unpack {
+                    let platform = platform.map(self::platform);
+                    unpacker
+                        .unpack(&ns, &image.name, &snapshotter, platform, Some(&progress_tx))
+                        .await?;
+                }
+                Ok::<_, Error>(image)
+            });
             while let Some(p) = progress_rx.recv().await {
                 let message = pb::PullResponse {
                     progress: vec![progress(p)],
@@ -302,35 +340,148 @@ where
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    type PushStream = tokio_stream::Empty<Result<pb::PushResponse, Status>>;
+    type PushStream = ReceiverStream<Result<pb::PushResponse, Status>>;
 
     async fn push(
         &self,
-        _: Request<pb::PushRequest>,
+        request: Request<pb::PushRequest>,
     ) -> Result<Response<Self::PushStream>, Status> {
-        Err(unimplemented("Push"))
+        let ns = namespace(request.metadata())?;
+        let req = request.into_inner();
+        if req.name.is_empty() {
+            return Err(Error::invalid("name", "must not be empty").into());
+        }
+        let (auth, plain_http) = registry_options(req.registry)?;
+        let options = PushOptions {
+            name: req.name,
+            reference: req.reference,
+            auth,
+            plain_http,
+            platforms: req.platforms.into_iter().map(platform).collect(),
+            max_concurrent: req.max_concurrent_uploads as usize,
+        };
+        let pusher = self.pusher.clone();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            let (progress_tx, mut progress_rx) = mpsc::channel(64);
+            let work = tokio::spawn(async move { pusher.push(&ns, options, progress_tx).await });
+            while let Some(p) = progress_rx.recv().await {
+                let message = pb::PushResponse {
+                    progress: vec![progress(p)],
+                    pushed: None,
+                };
+                if tx.send(Ok(message)).await.is_err() {
+                    work.abort(); // the client left: cancel the push
+                    return;
+                }
+            }
+            let last = match work.await {
+                Ok(result) => result
+                    .map(|d| pb::PushResponse {
+                        progress: Vec::new(),
+                        pushed: Some(descriptor_msg(d)),
+                    })
+                    .map_err(Status::from),
+                Err(e) => Err(Status::internal(format!("push task failed: {e}"))),
+            };
+            let _ = tx.send(last).await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    type ExportStream = tokio_stream::Empty<Result<pb::ExportResponse, Status>>;
+    type ExportStream = ReceiverStream<Result<pb::ExportResponse, Status>>;
 
     async fn export(
         &self,
-        _: Request<pb::ExportRequest>,
+        request: Request<pb::ExportRequest>,
     ) -> Result<Response<Self::ExportStream>, Status> {
-        Err(unimplemented("Export"))
+        let ns = namespace(request.metadata())?;
+        let stream = super::archive::export(self.archiver.clone(), ns, request.into_inner())?;
+        Ok(Response::new(stream))
     }
 
     async fn import(
         &self,
-        _: Request<Streaming<pb::ImportRequest>>,
+        request: Request<Streaming<pb::ImportRequest>>,
     ) -> Result<Response<pb::ImportResponse>, Status> {
-        Err(unimplemented("Import"))
+        let ns = namespace(request.metadata())?;
+        let (archiver, unpacker) = (self.archiver.clone(), self.unpacker.clone());
+        let response = super::archive::import(archiver, unpacker, ns, request.into_inner()).await?;
+        Ok(Response::new(response))
     }
 
     async fn unpack(
         &self,
-        _: Request<pb::UnpackRequest>,
+        request: Request<pb::UnpackRequest>,
     ) -> Result<Response<pb::UnpackResponse>, Status> {
-        Err(unimplemented("Unpack"))
+        let ns = namespace(request.metadata())?;
+        let req = request.into_inner();
+        if req.name.is_empty() {
+            return Err(Error::invalid("name", "must not be empty").into());
+        }
+        let unpacked = self
+            .unpacker
+            .unpack(
+                &ns,
+                &req.name,
+                &req.snapshotter,
+                req.platform.map(platform),
+                None,
+            )
+            .await?;
+        Ok(Response::new(pb::UnpackResponse {
+            chain_id: unpacked.chain_id,
+            existed: unpacked.existed,
+        }))
+    }
+
+    async fn login(
+        &self,
+        request: Request<pb::LoginRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        let req = request.into_inner();
+        let (username, password) = match registry_options(Some(pb::RegistryOptions {
+            auth: req.auth,
+            ..Default::default()
+        }))? {
+            (Auth::Basic { username, password }, _) => (username, password),
+            _ => {
+                return Err(Error::invalid("auth", "username and password must be set").into());
+            }
+        };
+        let path = self
+            .registries
+            .login(&req.registry, &username, &password, req.plain_http)
+            .await?;
+        Ok(Response::new(pb::LoginResponse {
+            credentials_file: path.display().to_string(),
+        }))
+    }
+
+    async fn logout(
+        &self,
+        request: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        let registries = self.registries.clone();
+        let registry = request.into_inner().registry;
+        blocking(move || registries.logout(&registry)).await?;
+        Ok(Response::new(pb::LogoutResponse {}))
+    }
+
+    async fn search(
+        &self,
+        request: Request<pb::SearchRequest>,
+    ) -> Result<Response<pb::SearchResponse>, Status> {
+        let req = request.into_inner();
+        let (auth, plain_http) = registry_options(req.options)?;
+        let limit = match req.limit {
+            0 => 100,
+            n => n as usize,
+        };
+        let repositories = self
+            .registries
+            .search(&req.registry, &req.term, &auth, plain_http, limit)
+            .await?;
+        Ok(Response::new(pb::SearchResponse { repositories }))
     }
 }

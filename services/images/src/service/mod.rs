@@ -2,6 +2,7 @@
 //!
 //! The domain is synchronous (files and redb); every call runs on tokio's blocking pool.
 
+mod archive;
 mod content;
 mod images;
 mod leases;
