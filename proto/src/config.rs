@@ -81,6 +81,148 @@ pub struct Config {
     pub network: NetworkConfig,
     /// The snapshots service.
     pub snapshots: SnapshotsConfig,
+    /// The tasks service.
+    pub tasks: TasksConfig,
+    /// The images service.
+    pub images: ImagesConfig,
+}
+
+/// Images service settings (`[images]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImagesConfig {
+    /// Registries (`host[:port]`) reached over plain HTTP; loopback registries always are.
+    pub insecure_registries: Vec<String>,
+    /// Mirrors per registry (`"docker.io" = ["mirror.example:5000"]`), tried in order before it.
+    pub mirrors: std::collections::BTreeMap<String, Vec<String>>,
+    /// Largest uncompressed size of one layer, in bytes: a layer that expands beyond it is
+    /// refused while it is unpacked.
+    pub max_layer_size: u64,
+    /// Docker-style credentials file used when a request carries no credentials; `berthctl
+    /// login` writes it. Unset: `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
+    pub credentials_file: Option<PathBuf>,
+    /// Seconds a registry may stay silent during a request (connect, or mid-transfer) before
+    /// the transfer fails.
+    pub read_timeout: u64,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        ImagesConfig {
+            insecure_registries: Vec::new(),
+            mirrors: std::collections::BTreeMap::new(),
+            max_layer_size: 64 << 30,
+            credentials_file: None,
+            read_timeout: 60,
+        }
+    }
+}
+
+impl ImagesConfig {
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let host_ok = |h: &str| {
+            !h.is_empty()
+                && !h.contains("://")
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b))
+        };
+        if let Some(bad) = self.insecure_registries.iter().find(|h| !host_ok(h)) {
+            return Err(invalid(
+                origin,
+                "images.insecure_registries",
+                format!("{bad:?} is not a registry host[:port] (no scheme, no path)"),
+            ));
+        }
+        for (registry, mirrors) in &self.mirrors {
+            if let Some(bad) = std::iter::once(registry)
+                .chain(mirrors)
+                .find(|h| !host_ok(h))
+            {
+                return Err(invalid(
+                    origin,
+                    "images.mirrors",
+                    format!("{bad:?} is not a registry host[:port] (no scheme, no path)"),
+                ));
+            }
+        }
+        if self.max_layer_size == 0 {
+            return Err(invalid(
+                origin,
+                "images.max_layer_size",
+                "must be more than 0 bytes".into(),
+            ));
+        }
+        if !(1..=3600).contains(&self.read_timeout) {
+            return Err(invalid(
+                origin,
+                "images.read_timeout",
+                format!("{} is out of range 1..=3600 seconds", self.read_timeout),
+            ));
+        }
+        if let Some(path) = &self.credentials_file
+            && !path.is_absolute()
+        {
+            return Err(invalid(
+                origin,
+                "images.credentials_file",
+                format!("{} is not an absolute path", path.display()),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Tasks service settings (`[tasks]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TasksConfig {
+    /// Runtime of containers whose record names none: "runc", "crun" or "builtin".
+    pub runtime: String,
+    /// Cgroup under which containers whose spec sets no cgroupsPath get theirs
+    /// (`/<cgroup_parent>/<namespace>-<id>`).
+    pub cgroup_parent: String,
+}
+
+impl Default for TasksConfig {
+    fn default() -> Self {
+        TasksConfig {
+            runtime: "builtin".into(),
+            cgroup_parent: "berth".into(),
+        }
+    }
+}
+
+impl TasksConfig {
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        if !matches!(self.runtime.as_str(), "runc" | "crun" | "builtin") {
+            return Err(invalid(
+                origin,
+                "tasks.runtime",
+                format!(
+                    "{:?} is not a runtime: use runc, crun or builtin",
+                    self.runtime
+                ),
+            ));
+        }
+        let ok = !self.cgroup_parent.is_empty()
+            && self.cgroup_parent.len() <= 64
+            && self
+                .cgroup_parent
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            && !self.cgroup_parent.starts_with('.');
+        if !ok {
+            return Err(invalid(
+                origin,
+                "tasks.cgroup_parent",
+                format!(
+                    "{:?} is not a cgroup name (1-64 letters, digits, '-', '_', '.')",
+                    self.cgroup_parent
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Logging settings (`[log]`).
@@ -298,6 +440,8 @@ impl Default for Config {
             otlp: OtlpConfig::default(),
             network: NetworkConfig::default(),
             snapshots: SnapshotsConfig::default(),
+            tasks: TasksConfig::default(),
+            images: ImagesConfig::default(),
         }
     }
 }
@@ -413,6 +557,8 @@ impl Config {
             resolve_group(group).map_err(|reason| invalid(origin, "socket_group", reason))?;
         }
         self.network.validate(origin)?;
+        self.tasks.validate(origin)?;
+        self.images.validate(origin)?;
         if !(1..=3600).contains(&self.shutdown_timeout) {
             return Err(invalid(
                 origin,
@@ -525,6 +671,11 @@ mod tests {
                 "`network.pools`",
             ),
             ("[network]\nmtu = 10", "`network.mtu`"),
+            (
+                "[images]\ninsecure_registries = [\"http://x\"]",
+                "`images.insecure_registries`",
+            ),
+            ("[images]\nmax_layer_size = 0", "`images.max_layer_size`"),
             ("[network]\nnft_table = \"a b\"", "`network.nft_table`"),
             (
                 "[network]\ndns_upstreams = [\"nope\"]",
@@ -561,6 +712,15 @@ mod tests {
             "cni_plugin_dirs =",
             "[snapshots]",
             "driver =",
+            "[tasks]",
+            "runtime =",
+            "cgroup_parent =",
+            "[images]",
+            "insecure_registries =",
+            "mirrors",
+            "max_layer_size =",
+            "credentials_file =",
+            "read_timeout =",
         ] {
             assert!(text.contains(key), "deploy/config.toml lacks {key}");
         }
