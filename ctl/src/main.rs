@@ -1,14 +1,27 @@
 //! `berthctl`: the berth command-line client.
 
+mod archive;
+mod attach;
+mod completion;
+mod container;
 mod content;
 mod context;
+mod events;
+mod exec;
 mod image;
 mod info;
+mod logs;
 mod network;
 mod output;
 mod pull;
+mod push;
+mod quickstart;
+mod registry;
+mod run;
 mod snapshot;
+mod stats;
 mod system;
+mod volume;
 
 use std::process::ExitCode;
 
@@ -33,6 +46,71 @@ enum Command {
     Version,
     /// Show each service: reachable, healthy, version, root dir, uptime (exit 1 if any is down).
     Info,
+    /// Create and run a new container from an image.
+    Run(run::RunArgs),
+    /// Create a new container.
+    Create(run::CreateArgs),
+    /// Start one or more created or stopped containers.
+    Start(run::StartArgs),
+    /// Stop one or more running containers.
+    Stop(container::StopArgs),
+    /// Restart one or more containers.
+    Restart(container::StopArgs),
+    /// Kill one or more running containers.
+    Kill(container::KillArgs),
+    /// Remove one or more containers.
+    Rm(container::RmArgs),
+    /// List containers.
+    Ps(container::PsArgs),
+    /// Fetch the logs of a container.
+    Logs(logs::LogsArgs),
+    /// Show containers in detail (JSON, Docker's fields).
+    Inspect {
+        /// Print only this field, e.g. `{{.State.ExitCode}}`.
+        #[arg(long, short = 'f')]
+        format: Option<String>,
+        /// Containers (names, ids or id prefixes).
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Execute a command in a running container.
+    Exec(exec::ExecArgs),
+    /// Block until containers stop, then print their exit codes.
+    Wait(container::ManyArgs),
+    /// Attach this terminal to a running container's stdio.
+    Attach(attach::AttachArgs),
+    /// Pause all processes within containers.
+    Pause(container::ManyArgs),
+    /// Unpause all processes within containers.
+    Unpause(container::ManyArgs),
+    /// Display the running processes of a container.
+    Top {
+        /// Container (name, id or id prefix).
+        container: String,
+    },
+    /// Rename a container.
+    Rename {
+        /// Container (name, id or id prefix).
+        container: String,
+        /// New name.
+        new_name: String,
+    },
+    /// Manage containers.
+    #[command(subcommand)]
+    Container(container::ContainerCommand),
+    /// Manage volumes.
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
+    /// Bring berth up, build the demo image from the host's busybox-static, run a container.
+    Quickstart(quickstart::QuickstartArgs),
+    /// Change the limits or restart policy of containers (running ones at once).
+    Update(container::UpdateArgs),
+    /// Display a live stream of containers' resource usage.
+    Stats(stats::StatsArgs),
+    /// Show the events of every service as they happen.
+    Events(events::EventsArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion(completion::CompletionArgs),
     /// Start and stop berth's services.
     #[command(subcommand)]
     System(system::SystemCommand),
@@ -50,11 +128,7 @@ enum Command {
     #[command(subcommand)]
     Image(image::ImageCommand),
     /// Remove images.
-    Rmi {
-        /// Image names.
-        #[arg(required = true)]
-        names: Vec<String>,
-    },
+    Rmi(image::RmArgs),
     /// Give an image another name.
     Tag {
         /// Existing image.
@@ -62,10 +136,22 @@ enum Command {
         /// New name.
         target: String,
     },
-    /// Load the images of an OCI image layout directory.
-    Load(image::LoadArgs),
+    /// Load images from a tar archive (OCI layout or docker-archive) or an OCI layout directory.
+    Load(archive::LoadArgs),
+    /// Save images to a tar archive (OCI layout or docker-archive).
+    Save(archive::SaveArgs),
+    /// Create an image from a rootfs tarball, like `docker import`.
+    Import(archive::ImportArgs),
     /// Fetch an image from a registry.
     Pull(pull::PullArgs),
+    /// Upload an image to a registry.
+    Push(push::PushArgs),
+    /// Check and store credentials for a registry.
+    Login(registry::LoginArgs),
+    /// Forget the stored credentials of a registry.
+    Logout(registry::LogoutArgs),
+    /// Search a registry's catalog for repositories.
+    Search(registry::SearchArgs),
     /// The content store (low level).
     #[command(subcommand)]
     Content(content::ContentCommand),
@@ -76,16 +162,46 @@ impl Command {
         match self {
             Command::Version => "version",
             Command::Info => "info",
+            Command::Run(_) => "run",
+            Command::Create(_) => "create",
+            Command::Start(_) => "start",
+            Command::Stop(_) => "stop",
+            Command::Restart(_) => "restart",
+            Command::Kill(_) => "kill",
+            Command::Rm(_) => "rm",
+            Command::Ps(_) => "ps",
+            Command::Logs(_) => "logs",
+            Command::Inspect { .. } => "inspect",
+            Command::Exec(_) => "exec",
+            Command::Wait(_) => "wait",
+            Command::Attach(_) => "attach",
+            Command::Pause(_) => "pause",
+            Command::Unpause(_) => "unpause",
+            Command::Top { .. } => "top",
+            Command::Rename { .. } => "rename",
+            Command::Container(cmd) => cmd.name(),
+            Command::Volume(cmd) => cmd.name(),
+            Command::Stats(_) => "stats",
+            Command::Update(_) => "update",
+            Command::Quickstart(_) => "quickstart",
+            Command::Events(_) => "events",
+            Command::Completion(_) => "completion",
             Command::System(cmd) => cmd.name(),
             Command::Snapshot(args) => args.name(),
             Command::Network(cmd) => cmd.name(),
             Command::Port(_) => "port",
             Command::Images(_) => "images",
             Command::Image(cmd) => cmd.name(),
-            Command::Rmi { .. } => "rmi",
+            Command::Rmi(_) => "rmi",
             Command::Tag { .. } => "tag",
             Command::Load(_) => "load",
+            Command::Save(_) => "save",
+            Command::Import(_) => "import",
             Command::Pull(_) => "pull",
+            Command::Push(_) => "push",
+            Command::Login(_) => "login",
+            Command::Logout(_) => "logout",
+            Command::Search(_) => "search",
             Command::Content(cmd) => cmd.name(),
         }
     }
@@ -125,16 +241,53 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match cli.command {
                 Command::Version => info::version(&ctx).await,
                 Command::Info => info::info(&ctx).await,
+                Command::Run(args) => Ok(run::run(&ctx, args).await),
+                Command::Create(args) => Ok(run::create_cmd(&ctx, args).await),
+                Command::Start(args) => Ok(run::start(&ctx, args).await),
+                Command::Stop(args) => container::stop(&ctx, args).await,
+                Command::Restart(args) => container::restart(&ctx, args).await,
+                Command::Kill(args) => container::kill(&ctx, args).await,
+                Command::Rm(args) => container::rm(&ctx, args).await,
+                Command::Ps(args) => container::ps(&ctx, args).await,
+                Command::Logs(args) => logs::logs(&ctx, args).await,
+                Command::Inspect { format, containers } => {
+                    container::inspect(&ctx, containers, format).await
+                }
+                Command::Exec(args) => Ok(exec::exec(&ctx, args).await),
+                Command::Wait(args) => container::wait(&ctx, args).await,
+                Command::Attach(args) => Ok(attach::attach(&ctx, args).await),
+                Command::Pause(args) => container::pause(&ctx, args, true).await,
+                Command::Unpause(args) => container::pause(&ctx, args, false).await,
+                Command::Top { container } => container::top(&ctx, container).await,
+                Command::Rename {
+                    container,
+                    new_name,
+                } => container::rename(&ctx, container, new_name).await,
+                Command::Container(cmd) => container::container_cmd(&ctx, cmd).await,
+                Command::Volume(cmd) => volume::run(&ctx, cmd).await,
+                Command::Stats(args) => stats::stats(&ctx, args).await,
+                Command::Update(args) => container::update(&ctx, args).await,
+                Command::Quickstart(args) => quickstart::quickstart(&ctx, args).await,
+                Command::Events(args) => events::events(&ctx, args).await,
+                Command::Completion(args) => {
+                    completion::print(args, &mut <Cli as clap::CommandFactory>::command())
+                }
                 Command::System(cmd) => system::run(&ctx, cmd).await,
                 Command::Snapshot(args) => snapshot::run(&ctx, args).await,
                 Command::Network(cmd) => network::run(&ctx, cmd).await,
                 Command::Port(args) => network::port(&ctx, args).await,
                 Command::Images(args) => image::run(&ctx, image::ImageCommand::Images(args)).await,
                 Command::Image(cmd) => image::run(&ctx, cmd).await,
-                Command::Rmi { names } => image::run(&ctx, image::ImageCommand::Rm { names }).await,
+                Command::Rmi(args) => image::run(&ctx, image::ImageCommand::Rm(args)).await,
                 Command::Tag { source, target } => image::tag(&ctx, source, target).await,
-                Command::Load(args) => image::load(&ctx, args).await,
+                Command::Load(args) => archive::load(&ctx, args).await,
+                Command::Save(args) => archive::save(&ctx, args).await,
+                Command::Import(args) => archive::import(&ctx, args).await,
                 Command::Pull(args) => pull::run(&ctx, args).await,
+                Command::Push(args) => push::run(&ctx, args).await,
+                Command::Login(args) => registry::login(&ctx, args).await,
+                Command::Logout(args) => registry::logout(&ctx, args).await,
+                Command::Search(args) => registry::search(&ctx, args).await,
                 Command::Content(cmd) => content::run(&ctx, cmd).await,
             }
         }
@@ -143,4 +296,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     drop(runtime);
     telemetry.shutdown();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn every_subcommand_has_consistent_flags() {
+        Cli::command().debug_assert();
+    }
 }

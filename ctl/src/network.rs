@@ -387,16 +387,33 @@ pub async fn run(ctx: &Context, cmd: NetworkCommand) -> anyhow::Result<ExitCode>
 
 /// `berthctl port CONTAINER [PORT[/PROTO]]`: the container's published ports, Docker style.
 pub async fn port(ctx: &Context, args: PortArgs) -> anyhow::Result<ExitCode> {
-    let mut c = client(ctx).await?;
-    let attachments = c
-        .list_attachments(pb::ListAttachmentsRequest {
-            network: String::new(),
-            container_id: args.container.clone(),
-        })
+    let c = client(ctx).await?;
+    let list = |container_id: String| {
+        let mut c = c.clone();
+        async move {
+            c.list_attachments(pb::ListAttachmentsRequest {
+                network: String::new(),
+                container_id,
+            })
+            .await
+            .map(|r| r.into_inner().attachments)
+            .map_err(status)
+        }
+    };
+    let mut attachments = list(args.container.clone()).await?;
+    if attachments.is_empty() {
+        // A container's name or id prefix: its attachments are under its full id.
+        if let Ok(found) = async {
+            crate::container::Clients::new(ctx)
+                .await?
+                .find(&args.container)
+                .await
+        }
         .await
-        .map_err(status)?
-        .into_inner()
-        .attachments;
+        {
+            attachments = list(found.id).await?;
+        }
+    }
     if attachments.is_empty() {
         bail!(
             "container {:?} is not attached to any network",

@@ -26,6 +26,8 @@ pub enum SystemCommand {
     Up(UpArgs),
     /// Stop every running service cleanly (SIGTERM, then SIGKILL after a timeout).
     Down,
+    /// Show the events of every service as they happen.
+    Events(crate::events::EventsArgs),
 }
 
 impl SystemCommand {
@@ -33,6 +35,7 @@ impl SystemCommand {
         match self {
             SystemCommand::Up(_) => "system up",
             SystemCommand::Down => "system down",
+            SystemCommand::Events(_) => "system events",
         }
     }
 }
@@ -63,6 +66,7 @@ pub async fn run(ctx: &Context, cmd: SystemCommand) -> anyhow::Result<ExitCode> 
             None => up(ctx, &args).await,
         },
         SystemCommand::Down => down(ctx).await,
+        SystemCommand::Events(args) => crate::events::events(ctx, args).await,
     }
 }
 
