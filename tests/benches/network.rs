@@ -15,30 +15,15 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
 use berth_api::berth::network::v1::{self as pb, networks_client::NetworksClient};
 use berth_api::client::{self, Channel};
+use berth_tests::bench::{env_or, median, ms};
 use berth_tests::{Berth, Mode, Options};
 
 type Client = NetworksClient<Channel>;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v.get(v.len() / 2).copied().unwrap_or_default()
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
 
 /// Removes what the bench made, also when it fails.
 struct Guard {
@@ -244,20 +229,20 @@ async fn main() -> Result<()> {
     })
     .await?;
 
-    let b = median(berth_times);
-    let k = median(cni_times);
+    let b = median(&berth_times);
+    let k = median(&cni_times);
     println!("attach+detach on an existing netns, median of {rounds}:");
     println!(
         "  berth            {:8.2} ms   (attach {:.2} ms, detach {:.2} ms)",
         ms(b),
-        ms(median(berth_attach)),
-        ms(median(berth_detach))
+        ms(median(&berth_attach)),
+        ms(median(&berth_detach))
     );
     println!(
         "  cni bridge       {:8.2} ms   (ADD {:.2} ms, DEL {:.2} ms)",
         ms(k),
-        ms(median(add_times)),
-        ms(median(del_times))
+        ms(median(&add_times)),
+        ms(median(&del_times))
     );
     println!(
         "  berth / cni      {:8.2}   (target <= 0.5)",
@@ -265,14 +250,14 @@ async fn main() -> Result<()> {
     );
     println!(
         "  berth incl. netns create+remove: {:.2} ms",
-        ms(median(with_netns))
+        ms(median(&with_netns))
     );
     println!("{containers} containers on one bridge:");
     println!(
         "  attach #1 {:.2} ms, #{containers} {:.2} ms, median {:.2} ms; detach+netns rm of all {:.2} s",
         ms(attach_times[0]),
         ms(attach_times[containers - 1]),
-        ms(median(attach_times.clone())),
+        ms(median(&attach_times)),
         teardown.as_secs_f64()
     );
     drop(c);

@@ -14,12 +14,15 @@
 //! shim: total time, and total RSS/PSS of the shims (containerd's daemon reported beside).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use berth_api::berth::shim::v1 as api;
-use berth_tests::fixtures::images::busybox_layout;
+use berth_tests::bench::{env_or, ratio, run};
+use berth_tests::cleanup::{kill_processes_mentioning, remove_cgroup_parent};
+use berth_tests::fixtures::bundle::{busybox_rootfs, runc_spec, write_bundle};
+use berth_tests::fixtures::containerd::Containerd;
 use serde_json::json;
 
 type Client = api::shim_client::ShimClient<berth_api::client::Channel>;
@@ -67,16 +70,6 @@ fn pids_of(name: &str) -> Vec<u32> {
         .collect()
 }
 
-fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// The berth-shim to measure: `BERTH_SHIM_BIN`, or a size-optimised build.
 fn shim_binary() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("BERTH_SHIM_BIN") {
@@ -114,32 +107,20 @@ struct Bench {
 impl Drop for Bench {
     fn drop(&mut self) {
         // Shims still running (after a failure), then the shared parent cgroups.
-        for pid in berth_tests::harness::processes_mentioning(self.dir.path()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
-            for c in controllers.flatten() {
-                let _ = std::fs::remove_dir(c.path().join("berth-bench"));
-            }
-        }
+        kill_processes_mentioning(self.dir.path());
+        let _ = remove_cgroup_parent("berth-bench");
     }
 }
 
 impl Bench {
     fn bundle(&self, id: &str) -> Result<PathBuf> {
         let bundle = self.dir.path().join("bundles").join(id);
-        std::fs::create_dir_all(&bundle)?;
-        run(Command::new("runc").args(["spec", "--bundle"]).arg(&bundle))?;
-        let path = bundle.join("config.json");
-        let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+        let mut spec = runc_spec().clone();
         spec["process"]["args"] = json!(["sleep", "100000"]);
         spec["process"]["terminal"] = json!(false);
         spec["root"] = json!({ "path": self.rootfs, "readonly": true });
         spec["linux"]["cgroupsPath"] = json!(format!("/berth-bench/{id}"));
-        std::fs::write(&path, serde_json::to_vec(&spec)?)?;
+        write_bundle(&bundle, &spec)?;
         Ok(bundle)
     }
 
@@ -195,57 +176,11 @@ impl Bench {
     }
 }
 
-/// A private containerd (temp root, state and socket), stopped on drop.
-struct Containerd {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Containerd {
-    fn start(dir: &Path) -> Result<Containerd> {
-        std::fs::create_dir_all(dir)?;
-        let socket = dir.join("containerd.sock");
-        let config = dir.join("containerd.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "version = 2\nroot = {:?}\nstate = {:?}\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-                 [grpc]\n  address = {:?}\n[ttrpc]\n  address = {:?}\n",
-                dir.join("root"),
-                dir.join("state"),
-                socket,
-                dir.join("containerd.ttrpc.sock"),
-            ),
-        )?;
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("containerd.log"))?)
-            .spawn()
-            .context("containerd (install the containerd package)")?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let c = Containerd { child, socket };
-        while c.ctr(&["version"]).is_err() {
-            if Instant::now() > deadline {
-                bail!("containerd did not come up");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(c)
-    }
-
-    fn ctr(&self, args: &[&str]) -> Result<String> {
-        run(Command::new("ctr")
-            .arg("--address")
-            .arg(&self.socket)
-            .args(["--namespace", "berth-bench"])
-            .args(args))
-    }
-
-    fn run_sleep(&self, rootfs: &Path, id: &str) -> Result<()> {
-        let rootfs = rootfs.display().to_string();
-        self.ctr(&[
+/// Runs `/bin/sleep` detached in containerd as container `id`, on `rootfs`, with runc.
+fn run_sleep(containerd: &Containerd, rootfs: &Path, id: &str) -> Result<()> {
+    let rootfs = rootfs.display().to_string();
+    containerd
+        .ctr(&[
             "run",
             "-d",
             "--runtime",
@@ -257,28 +192,18 @@ impl Containerd {
             "100000",
         ])
         .map(drop)
-    }
-
-    fn remove(&self, id: &str) {
-        let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
-        for _ in 0..100 {
-            if self.ctr(&["task", "delete", id]).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.ctr(&["container", "delete", id]);
-    }
 }
 
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
+/// Kills and removes containerd's task and container `id` (best effort).
+fn remove(containerd: &Containerd, id: &str) {
+    let _ = containerd.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+    for _ in 0..100 {
+        if containerd.ctr(&["task", "delete", id]).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
+    let _ = containerd.ctr(&["container", "delete", id]);
 }
 
 fn shim_pid_for(id: &str) -> Option<u32> {
@@ -291,33 +216,17 @@ fn shim_pid_for(id: &str) -> Option<u32> {
     })
 }
 
-fn ratio(a: f64, b: f64) -> String {
-    if b == 0.0 {
-        "-".into()
-    } else {
-        format!("{:.2}", a / b)
-    }
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     if std::env::args().any(|a| a == "--list") {
         return Ok(());
     }
-    let n: usize = std::env::var("BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+    let n: usize = env_or("BENCH_N", 200);
     let shim = shim_binary()?;
     let dir = tempfile::Builder::new()
         .prefix("berth-test-bench-")
         .tempdir()?;
-    let layout = busybox_layout(&dir.path().join("layout"))?;
-    let rootfs = dir.path().join("rootfs");
-    run(Command::new("umoci")
-        .args(["raw", "unpack", "--image"])
-        .arg(layout.umoci_ref("busybox"))
-        .arg(&rootfs))?;
+    let rootfs = busybox_rootfs(dir.path(), "rootfs")?;
     let bench = Bench { dir, rootfs, shim };
     let size = std::fs::metadata(&bench.shim)?.len() / 1024;
     println!("berth-shim binary: {} ({size} KiB)", bench.shim.display());
@@ -330,11 +239,11 @@ async fn main() -> Result<()> {
     bench.berth_stop("one", &mut client).await?;
 
     let containerd = Containerd::start(&bench.dir.path().join("containerd"))?;
-    containerd.run_sleep(&bench.rootfs, "one")?;
+    run_sleep(&containerd, &bench.rootfs, "one")?;
     std::thread::sleep(Duration::from_secs(1));
     let cshim = shim_pid_for("one").context("containerd shim not found")?;
     let containerd_one = mem(cshim)?;
-    containerd.remove("one");
+    remove(&containerd, "one");
 
     println!("\nfootprint of one idle shim supervising one sleep container (KiB):");
     println!("{:<28} {:>8} {:>8}", "", "RSS", "PSS");
@@ -376,7 +285,7 @@ async fn main() -> Result<()> {
 
     let started = Instant::now();
     for i in 0..n {
-        containerd.run_sleep(&bench.rootfs, &format!("d{i}"))?;
+        run_sleep(&containerd, &bench.rootfs, &format!("d{i}"))?;
     }
     let containerd_time = started.elapsed();
     std::thread::sleep(Duration::from_secs(1));
@@ -384,9 +293,9 @@ async fn main() -> Result<()> {
     for pid in pids_of("containerd-shim-runc-v2") {
         containerd_total = containerd_total + mem(pid).unwrap_or_default();
     }
-    let daemon = mem(containerd.child.id())?;
+    let daemon = mem(containerd.pid())?;
     for i in 0..n {
-        containerd.remove(&format!("d{i}"));
+        remove(&containerd, &format!("d{i}"));
     }
     drop(containerd);
 

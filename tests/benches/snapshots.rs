@@ -18,22 +18,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use berth_api::berth::snapshots::v1::{self as pb, snapshots_client::SnapshotsClient};
 use berth_api::client::{self, Channel};
 use berth_snapshots::layer;
 use berth_snapshots::mount::{self, Mount};
+use berth_tests::bench::{big_image, env_or, median};
 use berth_tests::fixtures::images::LayerBuilder;
 use berth_tests::{Berth, Mode};
 
 type Client = SnapshotsClient<Channel>;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn to_mounts(mounts: Vec<berth_api::berth::types::v1::Mount>) -> Vec<Mount> {
     mounts.into_iter().map(Mount::from).collect()
@@ -157,35 +151,7 @@ async fn deep_chain(berth: &Berth, scratch: &Path) -> Result<(Duration, Duration
         with_rpc.push(total);
         alone.push(total - rpc);
     }
-    Ok((median(&mut with_rpc), median(&mut alone)))
-}
-
-fn median(values: &mut [Duration]) -> Duration {
-    values.sort();
-    values[values.len() / 2]
-}
-
-/// The `big` image's uncompressed layers, bottom first (built once).
-fn big_layers() -> Result<Vec<PathBuf>> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = root.join("target/bench-images");
-    let layers: Vec<PathBuf> = ["busybox", "data-a", "data-b"]
-        .iter()
-        .map(|l| out.join(format!("build/layers/{l}.tar")))
-        .collect();
-    if layers.iter().all(|l| l.exists()) {
-        return Ok(layers);
-    }
-    let script = root.join("../shared/bench/make-images.sh");
-    eprintln!("building the big image with {} ...", script.display());
-    let status = Command::new("bash")
-        .arg(&script)
-        .env("OUT_DIR", &out)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .with_context(|| format!("running {}", script.display()))?;
-    ensure!(status.success(), "{} failed", script.display());
-    Ok(layers)
+    Ok((median(&with_rpc), median(&alone)))
 }
 
 /// Applies every layer into a fresh directory under `work` with `apply`; returns the time.
@@ -210,7 +176,7 @@ fn time_unpack(
 }
 
 fn apply_throughput(rounds: usize) -> Result<(f64, f64, u64)> {
-    let layers = big_layers()?;
+    let layers = big_image()?.layers;
     let bytes: u64 = layers
         .iter()
         .map(|l| std::fs::metadata(l).map(|m| m.len()))
@@ -239,7 +205,7 @@ fn apply_throughput(rounds: usize) -> Result<(f64, f64, u64)> {
         theirs.push(time_unpack(work.path(), &layers, gnu)?);
     }
     let mbps = |d: Duration| bytes as f64 / 1e6 / d.as_secs_f64();
-    Ok((mbps(median(&mut ours)), mbps(median(&mut theirs)), bytes))
+    Ok((mbps(median(&ours)), mbps(median(&theirs)), bytes))
 }
 
 fn main() -> Result<()> {

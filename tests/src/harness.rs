@@ -206,6 +206,41 @@ impl Drop for Berth {
     }
 }
 
+/// The stdout of a berthctl command that must succeed.
+///
+/// # Panics
+/// If the command failed (the message carries its stdout and stderr).
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "berthctl failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The one-line error of a berthctl command that must fail (and not panic).
+///
+/// # Panics
+/// If the command succeeded, panicked, or printed more than one line on stderr.
+pub fn fails(out: Output) -> String {
+    assert!(
+        !out.status.success(),
+        "must fail: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_ne!(out.status.code(), Some(101), "must not panic");
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    err
+}
+
+/// Runs berthctl with `args` against `berth`; it must succeed. Returns its stdout.
+pub fn ctl(berth: &Berth, args: &[&str]) -> String {
+    ok(berth.run_ctl(args).expect("running berthctl"))
+}
+
 /// Waits until `pid` has exited: gone, or a zombie whose threads are all gone. The leader of a
 /// killed multi-threaded process turns zombie before its other threads have closed the files
 /// they share (a database lock among them), so a restart must wait for every thread.
@@ -258,6 +293,15 @@ pub fn mounts_under(dir: &Path) -> anyhow::Result<Vec<String>> {
         .filter(|m| m.starts_with(&prefix))
         .map(str::to_owned)
         .collect())
+}
+
+/// Lazily unmounts everything mounted at or below `dir`, deepest first (best effort: for
+/// cleanup).
+pub fn unmount_under(dir: &Path) {
+    let mounts = mounts_under(dir).unwrap_or_default();
+    for m in mounts.iter().rev() {
+        let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+    }
 }
 
 /// Unix sockets at or below `dir`.

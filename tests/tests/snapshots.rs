@@ -13,6 +13,7 @@ use berth_api::client::{self, Channel};
 use berth_snapshots::layer;
 use berth_snapshots::mount::{Mount, Mounted};
 use berth_tests::fixtures::images::{self, LayerBuilder};
+use berth_tests::tree;
 use berth_tests::{Berth, Mode, Options};
 use sha2::{Digest, Sha256};
 use tonic::Code;
@@ -207,77 +208,13 @@ fn assert_no_orphans(root: &Path, records: usize) {
     assert_eq!(entries(&root.join("trash")), 0, "trash");
 }
 
-/// Everything a layer round trip must keep, one line per path (the root excluded).
+/// Everything a layer round trip must keep (see [`tree::listing`]), mtimes included.
 fn listing(root: &Path) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut inodes: BTreeMap<u64, String> = BTreeMap::new();
-    let mut stack = vec![root.to_owned()];
-    while let Some(dir) = stack.pop() {
-        let mut paths: Vec<_> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        paths.sort();
-        for path in paths {
-            let rel = path.strip_prefix(root).unwrap().display().to_string();
-            let m = fs::symlink_metadata(&path).unwrap();
-            let t = m.file_type();
-            let mut line = format!(
-                "mode={:o} uid={} gid={} mtime={}.{:09}",
-                m.mode(),
-                m.uid(),
-                m.gid(),
-                m.mtime(),
-                m.mtime_nsec()
-            );
-            if t.is_file() {
-                let data = fs::read(&path).unwrap();
-                line += &format!(" sha={}", hex::encode(Sha256::digest(&data)));
-                if m.nlink() > 1 {
-                    line += &format!(
-                        " link={}",
-                        inodes.entry(m.ino()).or_insert_with(|| rel.clone())
-                    );
-                }
-            } else if t.is_symlink() {
-                line += &format!(" -> {}", fs::read_link(&path).unwrap().display());
-            } else if t.is_char_device() || t.is_block_device() {
-                line += &format!(" rdev={}", m.rdev());
-            } else if t.is_dir() {
-                stack.push(path.clone());
-            }
-            if !t.is_symlink() {
-                let mut names: Vec<_> = xattr::list(&path).unwrap().collect();
-                names.sort();
-                for name in names {
-                    let value = xattr::get(&path, &name).unwrap().unwrap_or_default();
-                    line += &format!(
-                        " {}={}",
-                        name.to_string_lossy(),
-                        String::from_utf8_lossy(&value)
-                    );
-                }
-            }
-            out.insert(rel, line);
-        }
-    }
-    out
+    tree::listing(root, true)
 }
 
 fn assert_same_tree(want: &Path, got: &Path) {
-    let (a, b) = (listing(want), listing(got));
-    let mut diffs = Vec::new();
-    for (k, v) in &a {
-        match b.get(k) {
-            None => diffs.push(format!("missing {k}: {v}")),
-            Some(w) if w != v => diffs.push(format!("differs {k}:\n   want {v}\n    got {w}")),
-            _ => {}
-        }
-    }
-    for k in b.keys().filter(|k| !a.contains_key(*k)) {
-        diffs.push(format!("extra {k}: {}", b[k]));
-    }
-    assert!(diffs.is_empty(), "trees differ:\n{}", diffs.join("\n"));
+    tree::assert_same_tree(want, got, true);
 }
 
 fn ctl_ok(berth: &Berth, args: &[&str]) -> String {
