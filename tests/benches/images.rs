@@ -18,7 +18,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, ensure};
 use berth_api::berth::images::v1 as pb;
 use berth_api::berth::images::v1::images_client::ImagesClient;
-use berth_tests::bench::{big_image, env_or, median, run};
+use berth_tests::bench::{big_image, env_or, median, run, summary};
 use berth_tests::fixtures::containerd::Containerd;
 use berth_tests::fixtures::registry::Registry;
 use berth_tests::harness::unmount_under;
@@ -150,6 +150,7 @@ fn main() -> Result<()> {
     println!("  berth       {b:.2} s");
     println!("  containerd  {c:.2} s");
     println!("  ratio berth/containerd {:.2} (target <= 0.6)", b / c);
+    summary("cold pull + unpack, big image (s)", b, c, "s", "<= 0.6");
     println!(
         "  berth fetch {:.2} s, unpack {unpack:.2} s = {:.0} MB/s of tar ({:.1} MB)",
         median(&fetches),

@@ -20,7 +20,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, ensure};
 use berth_api::berth::network::v1::{self as pb, networks_client::NetworksClient};
 use berth_api::client::{self, Channel};
-use berth_tests::bench::{env_or, median, ms};
+use berth_tests::bench::{env_or, median, ms, summary};
 use berth_tests::{Berth, Mode, Options};
 
 type Client = NetworksClient<Channel>;
@@ -247,6 +247,13 @@ async fn main() -> Result<()> {
     println!(
         "  berth / cni      {:8.2}   (target <= 0.5)",
         b.as_secs_f64() / k.as_secs_f64()
+    );
+    summary(
+        "network attach+detach vs CNI ADD+DEL",
+        ms(b),
+        ms(k),
+        "ms",
+        "<= 0.5",
     );
     println!(
         "  berth incl. netns create+remove: {:.2} ms",

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use berth_api::berth::shim::v1 as api;
-use berth_tests::bench::{run, samples};
+use berth_tests::bench::{run, samples, summary};
 use berth_tests::cleanup::remove_cgroup_parent;
 use berth_tests::fixtures::bundle::{busybox_rootfs, runc_spec, write_bundle};
 use serde_json::json;
@@ -286,6 +286,18 @@ async fn main() -> Result<()> {
         .map(|v| (v.name, v.samples.as_slice()))
         .collect();
     report(&rows, "crun run (wrapped)");
+    let median_of = |name: &str| {
+        rows.iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0.0, |(_, s)| stats(s).0)
+    };
+    summary(
+        "runtime start-to-exit, builtin vs crun",
+        median_of("berth-runtime run"),
+        median_of("crun run (wrapped)"),
+        "ms",
+        "<= 1",
+    );
 
     println!(
         "\nthrough the shim API (Create+Start+Wait+Delete of `true`), {n} interleaved runs each"
@@ -320,6 +332,13 @@ async fn main() -> Result<()> {
         ("shim + crun", samples[1].as_slice()),
     ];
     report(&rows, "shim + crun");
+    summary(
+        "shim run true, builtin vs crun backend",
+        stats(&samples[0]).0,
+        stats(&samples[1]).0,
+        "ms",
+        "<= 1",
+    );
     for s in shims.drain(..) {
         s.stop().await?;
     }

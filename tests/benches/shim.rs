@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use berth_api::berth::shim::v1 as api;
-use berth_tests::bench::{env_or, ratio, run};
+use berth_tests::bench::{env_or, ratio, run, summary};
 use berth_tests::cleanup::{kill_processes_mentioning, remove_cgroup_parent};
 use berth_tests::fixtures::bundle::{busybox_rootfs, runc_spec, write_bundle};
 use berth_tests::fixtures::containerd::Containerd;
@@ -261,6 +261,13 @@ async fn main() -> Result<()> {
         ratio(berth_one.rss_kib as f64, containerd_one.rss_kib as f64),
         ratio(berth_one.pss_kib as f64, containerd_one.pss_kib as f64)
     );
+    summary(
+        "idle shim RSS (KiB)",
+        berth_one.rss_kib as f64,
+        containerd_one.rss_kib as f64,
+        "KiB",
+        "-",
+    );
 
     // Density: n containers, one shim each, started one after another.
     let mut bundles = Vec::new();
@@ -331,6 +338,13 @@ async fn main() -> Result<()> {
         ratio(berth_time.as_secs_f64(), containerd_time.as_secs_f64()),
         ratio(berth_total.rss_kib as f64, containerd_total.rss_kib as f64),
         ratio(berth_total.pss_kib as f64, containerd_total.pss_kib as f64)
+    );
+    summary(
+        &format!("{n} containers started, one shim each (s)"),
+        berth_time.as_secs_f64(),
+        containerd_time.as_secs_f64(),
+        "s",
+        "-",
     );
     Ok(())
 }

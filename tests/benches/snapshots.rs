@@ -23,7 +23,7 @@ use berth_api::berth::snapshots::v1::{self as pb, snapshots_client::SnapshotsCli
 use berth_api::client::{self, Channel};
 use berth_snapshots::layer;
 use berth_snapshots::mount::{self, Mount};
-use berth_tests::bench::{big_image, env_or, median};
+use berth_tests::bench::{big_image, env_or, median, summary};
 use berth_tests::fixtures::images::LayerBuilder;
 use berth_tests::{Berth, Mode};
 
@@ -228,6 +228,7 @@ fn main() -> Result<()> {
             println!(
                 "snapshots: {rate:.0} Prepare+Mounts+mount+umount+Remove cycles/s ({clients} clients, {seconds} s; target >= 2000)"
             );
+            summary("snapshot cycles per second", rate, 0.0, "/s", ">= 2000");
         }
         if part("chain") {
             let (with_rpc, alone) = deep_chain(&berth, scratch.path()).await?;
@@ -248,6 +249,7 @@ fn main() -> Result<()> {
             ours / tar,
             bytes as f64 / 1e6
         );
+        summary("layer apply vs tar -x (MB/s)", ours, tar, "MB/s", "-");
     }
     Ok(())
 }

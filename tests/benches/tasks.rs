@@ -23,7 +23,7 @@ use berth_api::berth::containers::v1::{self as cpb, containers_client::Container
 use berth_api::berth::snapshots::v1::{self as spb, snapshots_client::SnapshotsClient};
 use berth_api::berth::tasks::v1::{self as tpb, tasks_client::TasksClient};
 use berth_api::client::{self, Channel};
-use berth_tests::bench::{median, ms, run, samples};
+use berth_tests::bench::{median, ms, run, samples, summary};
 use berth_tests::cleanup::remove_cgroup_parent;
 use berth_tests::fixtures::bundle::runc_spec;
 use berth_tests::fixtures::containerd::Containerd;
@@ -208,13 +208,14 @@ fn main() -> Result<()> {
     let mut c = rt.block_on(berth_clients(&berth))?;
     rt.block_on(berth_image(&mut c))?;
 
-    let mut times: [Vec<Duration>; 4] = Default::default();
+    let mut times: [Vec<Duration>; 5] = Default::default();
     let mut steps: Vec<Vec<Duration>> = vec![Vec::new(); STEPS.len()];
     let labels = [
         "berth + runc",
         "berth + crun",
         "ctr run --rm + runc",
         "ctr run --rm + crun",
+        "berth + builtin",
     ];
     // One warm-up round, not counted.
     for round in 0..=n {
@@ -226,6 +227,8 @@ fn main() -> Result<()> {
             crun_time,
             ctr_cycle(&ctr, &runc, &id(2))?,
             ctr_cycle(&ctr, &crun_wrapper, &id(3))?,
+            rt.block_on(berth_cycle(&mut c, &spec, "builtin", &id(4)))?
+                .0,
         ];
         if round > 0 {
             for (k, d) in t.into_iter().enumerate() {
@@ -259,6 +262,27 @@ fn main() -> Result<()> {
         "  berth+crun / containerd+crun = {:.2}   berth+runc / containerd+crun = {:.2}   (target < 1)",
         medians[1] / medians[3],
         medians[0] / medians[3]
+    );
+    summary(
+        "tasks: run true, berth+runc vs ctr+runc",
+        medians[0],
+        medians[2],
+        "ms",
+        "<= 0.33",
+    );
+    summary(
+        "tasks: run true, berth+crun vs ctr+crun",
+        medians[1],
+        medians[3],
+        "ms",
+        "< 1",
+    );
+    summary(
+        "tasks: run true, berth+builtin vs ctr+runc",
+        medians[4],
+        medians[2],
+        "ms",
+        "<= 0.33",
     );
     Ok(())
 }

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use berth_tests::bench::{median, ms, samples};
+use berth_tests::bench::{median, ms, samples, summary};
 use berth_tests::cleanup::remove_cgroup_parent;
 use berth_tests::fixtures::containerd::Containerd;
 use berth_tests::fixtures::images::busybox_layout;
@@ -180,6 +180,13 @@ fn main() -> Result<()> {
         ctr_ms,
         berth_ms / ctr_ms,
         "<= 0.33"
+    );
+    summary(
+        "berthctl run --rm vs ctr run --rm (runc)",
+        berth_ms,
+        ctr_ms,
+        "ms",
+        "<= 0.33",
     );
     if !podman_times.is_empty() {
         let podman_ms = ms(median(&podman_times));

@@ -53,6 +53,20 @@ pub fn ratio(a: f64, b: f64) -> String {
     }
 }
 
+/// Prints one headline figure as a `SUMMARY` line (tab-separated: metric, berth, reference,
+/// ratio, target) for `tests/bench.sh` to gather into its final table; `reference` 0 = none.
+pub fn summary(metric: &str, berth: f64, reference: f64, unit: &str, target: &str) {
+    let reference_text = if reference == 0.0 {
+        "-".to_owned()
+    } else {
+        format!("{reference:.2} {unit}")
+    };
+    println!(
+        "SUMMARY\t{metric}\t{berth:.2} {unit}\t{reference_text}\t{}\t{target}",
+        ratio(berth, reference)
+    );
+}
+
 /// The `big` image (3 layers, ~174 MB of tar) that `../shared/bench/make-images.sh` builds once
 /// into `target/bench-images`.
 pub struct BigImage {
