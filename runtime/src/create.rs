@@ -48,16 +48,11 @@ fn check_rootfs(spec: &Spec, rootfs: &Path) -> Result<()> {
     })?;
     if let Some(name) = process.user.username.as_deref().filter(|n| !n.is_empty()) {
         let root = crate::mounts::Root::open(rootfs)?;
-        let passwd = rustix::fs::openat2(
-            root.fd(),
-            "etc/passwd",
-            OFlags::RDONLY | OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-            rustix::fs::ResolveFlags::IN_ROOT,
-        )
-        .ok()
-        .map(|fd| std::io::read_to_string(std::fs::File::from(fd)).unwrap_or_default())
-        .unwrap_or_default();
+        let passwd = root
+            .open_in(Path::new("etc/passwd"), OFlags::RDONLY, false)
+            .ok()
+            .map(|fd| std::io::read_to_string(std::fs::File::from(fd)).unwrap_or_default())
+            .unwrap_or_default();
         if !passwd.lines().any(|l| l.split(':').next() == Some(name)) {
             return Err(Error::InvalidSpec {
                 field: "process.user.username".into(),
@@ -69,20 +64,9 @@ fn check_rootfs(spec: &Spec, rootfs: &Path) -> Result<()> {
     let cwd = Path::new(&process.cwd);
     if !spec.mounts.iter().any(|m| cwd.starts_with(&m.destination)) {
         let root = crate::mounts::Root::open(rootfs)?;
-        let rel: PathBuf = cwd.components().skip(1).collect();
-        let rel = if rel.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            rel
-        };
-        if rustix::fs::openat2(
-            root.fd(),
-            &rel,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-            rustix::fs::ResolveFlags::IN_ROOT,
-        )
-        .is_err()
+        if root
+            .open_in(cwd, OFlags::PATH | OFlags::DIRECTORY, false)
+            .is_err()
         {
             return Err(Error::InvalidSpec {
                 field: "process.cwd".into(),

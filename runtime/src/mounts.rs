@@ -153,7 +153,8 @@ impl Root {
         self.fd.as_fd()
     }
 
-    fn open_in(
+    /// Opens `path` inside the rootfs (symlinks resolved as if it were `/`).
+    pub fn open_in(
         &self,
         path: &Path,
         flags: OFlags,
@@ -170,13 +171,19 @@ impl Root {
         } else {
             p
         };
-        rustix::fs::openat2(
-            &self.fd,
-            &p,
-            flags | OFlags::CLOEXEC,
-            Mode::empty(),
-            resolve,
-        )
+        // The kernel answers EAGAIN when a rename or mount anywhere raced the lookup: retry.
+        loop {
+            match rustix::fs::openat2(
+                &self.fd,
+                &p,
+                flags | OFlags::CLOEXEC,
+                Mode::empty(),
+                resolve,
+            ) {
+                Err(rustix::io::Errno::AGAIN) => continue,
+                other => return other,
+            }
+        }
     }
 
     /// Resolves `dest` inside the rootfs, creating what is missing (a dangling symlink on the

@@ -205,19 +205,20 @@ fn open_rootfs(rootfs: &Path) -> Result<OwnedFd, UserError> {
     })
 }
 
-/// openat2 inside `root`: symlinks resolve as if `root` were `/`, no magic links.
+/// openat2 inside `root`: symlinks resolve as if `root` were `/`, no magic links; retried
+/// when the kernel answers EAGAIN (a rename or mount anywhere raced the lookup).
 pub(crate) fn open_in_root(
     root: BorrowedFd<'_>,
     rel: &OsStr,
     flags: OFlags,
 ) -> rustix::io::Result<OwnedFd> {
-    rustix::fs::openat2(
-        root,
-        rel,
-        flags | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-    )
+    let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+    loop {
+        match rustix::fs::openat2(root, rel, flags | OFlags::CLOEXEC, Mode::empty(), resolve) {
+            Err(rustix::io::Errno::AGAIN) => continue,
+            other => return other,
+        }
+    }
 }
 
 /// The content of a file in the rootfs; a missing file (or directory) reads as empty.

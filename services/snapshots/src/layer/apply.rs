@@ -102,14 +102,16 @@ fn join(comps: &[OsString]) -> Vec<u8> {
 }
 
 /// openat2 inside `root`: symlinks resolve as if `root` were `/`, no magic links, no mounts.
+/// The kernel answers EAGAIN when a rename or mount anywhere raced the lookup: it retries.
 fn open_in_root(root: BorrowedFd<'_>, rel: &[u8], flags: OFlags) -> rustix::io::Result<OwnedFd> {
-    rustix::fs::openat2(
-        root,
-        OsStr::from_bytes(if rel.is_empty() { b"." } else { rel }),
-        flags | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV,
-    )
+    let path = OsStr::from_bytes(if rel.is_empty() { b"." } else { rel });
+    let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV;
+    loop {
+        match rustix::fs::openat2(root, path, flags | OFlags::CLOEXEC, Mode::empty(), resolve) {
+            Err(rustix::io::Errno::AGAIN) => continue,
+            other => return other,
+        }
+    }
 }
 
 const DIR_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY);
