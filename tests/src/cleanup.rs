@@ -63,6 +63,15 @@ pub fn remove_cgroup_parent(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Stops a test's instance with the harness's leak check, then checks that no container
+/// cgroup is left under `cgroup_parent` and removes that parent.
+pub fn stop_instance(berth: Berth, cgroup_parent: &str) -> anyhow::Result<()> {
+    berth.stop()?;
+    let left = cgroups_under(cgroup_parent);
+    anyhow::ensure!(left.is_empty(), "container cgroups left: {left:?}");
+    remove_cgroup_parent(cgroup_parent)
+}
+
 /// Thaws `groups` (a frozen process cannot die) and SIGKILLs their processes.
 pub fn kill_cgroups(groups: &[PathBuf]) {
     for g in groups {

@@ -133,6 +133,28 @@ impl Berth {
         Ok(self.ctl().args(args).output()?)
     }
 
+    /// Runs berthctl with `args`, which must succeed; returns its stdout.
+    pub fn ctl_ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.run_ctl(args)?;
+        ensure!(
+            out.status.success(),
+            "berthctl {args:?} failed ({:?}): {}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The pid of `service` (as [`Berth::pids`] names it).
+    pub fn service_pid(&self, service: &str) -> anyhow::Result<u32> {
+        self.pids()?
+            .into_iter()
+            .find(|(s, _)| s == service)
+            .and_then(|(_, p)| p)
+            .with_context(|| format!("{service} pid"))
+    }
+
     /// `berthctl -o json info`, parsed; the exit status is returned beside it.
     pub fn info(&self) -> anyhow::Result<(bool, Vec<serde_json::Value>)> {
         let out = self.run_ctl(&["-o", "json", "info"])?;
@@ -239,6 +261,14 @@ pub fn fails(out: Output) -> String {
 /// Runs berthctl with `args` against `berth`; it must succeed. Returns its stdout.
 pub fn ctl(berth: &Berth, args: &[&str]) -> String {
     ok(berth.run_ctl(args).expect("running berthctl"))
+}
+
+/// A random number (mixed with the pid), for names a test must not share with another.
+pub fn rand_u32() -> u32 {
+    let mut b = [0u8; 4];
+    let _ = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+    u32::from_ne_bytes(b) ^ std::process::id()
 }
 
 /// Waits until `pid` has exited: gone, or a zombie whose threads are all gone. The leader of a

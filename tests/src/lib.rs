@@ -5,6 +5,7 @@ pub mod bench;
 pub mod cleanup;
 pub mod fixtures;
 pub mod harness;
+pub mod host;
 pub mod images_api;
 pub mod snapshots_api;
 pub mod tree;

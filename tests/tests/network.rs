@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use berth_tests::harness;
+use berth_tests::host::{host_address, host_wget, links_with, wget_body};
 use berth_tests::{Berth, Mode, Options};
 use serde_json::Value;
 
@@ -35,7 +36,7 @@ impl Net {
 
     /// Like [`Net::start`], with more `[network]` configuration lines.
     fn start_with(mode: Mode, pool: &str, extra: &str) -> anyhow::Result<Net> {
-        let tag = format!("{:06x}", rand_u32() & 0xff_ffff);
+        let tag = format!("{:06x}", harness::rand_u32() & 0xff_ffff);
         let config = format!(
             "[network]\ndefault_bridge = \"berth-t{tag}0\"\nnft_table = \"berth_t{tag}\"\n\
              pools = [{{ base = \"{pool}/16\", size = 24 }}]\n{extra}"
@@ -239,17 +240,7 @@ impl Attached {
                 &script,
             ])
             .output()?;
-        if !out.status.success() {
-            eprintln!(
-                "wget {url}: {}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(out
-            .status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
+        Ok(wget_body(&format!("wget {url}"), &out))
     }
 }
 
@@ -259,46 +250,6 @@ fn in_netns(netns: &Path, cmd: &str) -> anyhow::Result<Output> {
         .arg(format!("--net={}", netns.display()))
         .args(["sh", "-c", cmd])
         .output()?)
-}
-
-/// busybox wget from the host (loopback or the host's own address only).
-fn host_wget(url: &str) -> anyhow::Result<Option<String>> {
-    let out = Command::new("timeout")
-        .args(["3", "busybox", "wget", "-q", "-O-", url])
-        .output()?;
-    Ok(out
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
-}
-
-/// Host links whose name starts with `prefix`.
-fn links_with(prefix: &str) -> anyhow::Result<Vec<String>> {
-    let out = Command::new("ip").args(["-o", "link", "show"]).output()?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
-        .filter(|n| n.starts_with(prefix))
-        .collect())
-}
-
-/// The host's own (non-loopback) IPv4 address.
-fn host_address() -> anyhow::Result<Ipv4Addr> {
-    let out = Command::new("ip")
-        .args(["-4", "-o", "addr", "show", "scope", "global"])
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    for line in text.lines() {
-        let name = line.split_whitespace().nth(1).unwrap_or("");
-        if name.starts_with("berth") {
-            continue;
-        }
-        if let Some(addr) = line.split_whitespace().skip_while(|w| *w != "inet").nth(1) {
-            return Ok(addr.split('/').next().unwrap_or("").parse()?);
-        }
-    }
-    bail!("no global IPv4 address on the host")
 }
 
 /// A host subnet route (to prove overlapping subnets are refused).
@@ -320,13 +271,6 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
-}
-
-fn rand_u32() -> u32 {
-    let mut b = [0u8; 4];
-    let _ = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
-    u32::from_ne_bytes(b) ^ std::process::id()
 }
 
 #[test]
@@ -466,7 +410,7 @@ fn published_ports_answer_on_loopback_and_the_host_address_and_survive_a_restart
     let web = net.connect("bridge", "web", &["-p", &published, "-p", "80"])?;
     assert!(web.ip.to_string().starts_with("10.212."), "{}", web.ip);
     net.httpd(&web, "published")?;
-    let host = host_address()?;
+    let (_, host) = host_address()?;
     assert_eq!(
         host_wget(&format!("http://127.0.0.1:{port}/"))?.as_deref(),
         Some("published")
@@ -518,13 +462,7 @@ fn published_ports_answer_on_loopback_and_the_host_address_and_survive_a_restart
     net.ctl(&["network", "netns", "rm", "late"])?;
 
     // Restart the network service alone: attachments, rules and the reservation stay.
-    let network_pid = net
-        .berth()
-        .pids()?
-        .into_iter()
-        .find(|(s, _)| s == "network")
-        .and_then(|(_, p)| p)
-        .context("network pid")?;
+    let network_pid = net.berth().service_pid("network")?;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(network_pid as i32),
         nix::sys::signal::Signal::SIGTERM,

@@ -11,11 +11,12 @@ use std::net::Ipv4Addr;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use berth_tests::cleanup;
 use berth_tests::fixtures::images;
 use berth_tests::fixtures::registry::free_port;
 use berth_tests::harness::{self, mounts_under};
+use berth_tests::host::{host_address, host_wget, links_with, wget_body};
 use berth_tests::{Berth, Mode, Options};
 
 /// Serves `/www/index.html` (the container's name) with busybox httpd on port 80.
@@ -35,7 +36,7 @@ impl Env {
     /// Starts berth in `mode`; `pool` is a /16 base only this test uses; `extra` are more
     /// `[network]` lines.
     fn start(mode: Mode, pool: &str, extra: &str) -> Result<Env> {
-        let tag = format!("{:06x}", rand_u32() & 0xff_ffff);
+        let tag = format!("{:06x}", harness::rand_u32() & 0xff_ffff);
         let config = format!(
             "[network]\ndefault_bridge = \"berth-n{tag}0\"\nnft_table = \"berth_n{tag}\"\n\
              pools = [{{ base = \"{pool}/16\", size = 24 }}]\n{extra}\
@@ -70,15 +71,7 @@ impl Env {
 
     /// Runs berthctl, which must succeed; returns its trimmed stdout.
     fn ok(&self, args: &[&str]) -> Result<String> {
-        let out = self.ctl(args)?;
-        ensure!(
-            out.status.success(),
-            "berthctl {args:?} failed ({:?}): {}{}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        Ok(self.berth().ctl_ok(args)?.trim().to_owned())
     }
 
     /// `network create` with a bridge named after the test (`suffix`: one letter).
@@ -125,17 +118,7 @@ impl Env {
     /// `wget -T` crashes); the body, or None when it failed.
     fn wget(&self, from: &str, url: &str) -> Result<Option<String>> {
         let out = self.ctl(&["exec", from, "timeout", "3", "wget", "-q", "-O-", url])?;
-        if !out.status.success() {
-            eprintln!(
-                "wget {url} in {from}: {}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(out
-            .status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned()))
+        Ok(wget_body(&format!("wget {url} in {from}"), &out))
     }
 
     /// The IPv4 address of `container`'s eth0 (as the container sees it).
@@ -215,32 +198,23 @@ impl Env {
         let left = self.leftovers()?;
         ensure!(left.is_empty(), "left behind: {left:#?}\n{}", self.logs());
         let berth = self.berth.take().expect("berth running");
-        berth.stop()?;
-        let left = cleanup::cgroups_under(&self.cgroup_parent());
-        ensure!(left.is_empty(), "container cgroups left: {left:?}");
-        cleanup::remove_cgroup_parent(&self.cgroup_parent())
+        cleanup::stop_instance(berth, &self.cgroup_parent())
     }
 }
 
 impl Drop for Env {
     fn drop(&mut self) {
-        let Some(berth) = self.berth.take() else {
-            return;
-        };
-        // The test failed: remove what it left.
-        cleanup::kill_processes_mentioning(&berth.state());
-        let groups = cleanup::cgroups_under(&self.cgroup_parent());
-        cleanup::kill_cgroups(&groups);
-        std::thread::sleep(Duration::from_millis(200));
-        harness::unmount_under(&berth.state());
-        harness::unmount_under(&berth.root());
-        drop(berth);
-        cleanup::remove_cgroups(&groups);
-        let _ = cleanup::remove_cgroup_parent(&self.cgroup_parent());
-        cleanup::delete_links(&format!("berth-n{}", self.tag));
-        let _ = Command::new("nft")
-            .args(["delete", "table", "ip", &format!("berth_n{}", self.tag)])
-            .output();
+        if let Some(berth) = self.berth.take() {
+            // The test failed: remove what it left.
+            cleanup::clean_up_instance(
+                berth,
+                &self.cgroup_parent(),
+                Some((
+                    &format!("berth-n{}", self.tag),
+                    &format!("berth_n{}", self.tag),
+                )),
+            );
+        }
     }
 }
 
@@ -255,55 +229,6 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     files
-}
-
-/// Host links whose name starts with `prefix`.
-fn links_with(prefix: &str) -> Result<Vec<String>> {
-    let out = Command::new("ip").args(["-o", "link", "show"]).output()?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
-        .filter(|n| n.starts_with(prefix))
-        .collect())
-}
-
-/// The host's own IPv4 address and its interface (the first global one berth did not create).
-fn host_address() -> Result<(String, Ipv4Addr)> {
-    let out = Command::new("ip")
-        .args(["-4", "-o", "addr", "show", "scope", "global"])
-        .output()?;
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let name = line.split_whitespace().nth(1).unwrap_or("");
-        if name.starts_with("berth") {
-            continue;
-        }
-        if let Some(addr) = line.split_whitespace().skip_while(|w| *w != "inet").nth(1) {
-            return Ok((
-                name.to_owned(),
-                addr.split('/').next().unwrap_or("").parse()?,
-            ));
-        }
-    }
-    bail!("no global IPv4 address on the host")
-}
-
-/// busybox wget from the host (loopback or the host's own address only), bounded.
-fn host_wget(url: &str) -> Result<Option<String>> {
-    let out = Command::new("timeout")
-        .args(["3", "busybox", "wget", "-q", "-O-", url])
-        .output()?;
-    Ok(out
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned()))
-}
-
-fn rand_u32() -> u32 {
-    let mut b = [0u8; 4];
-    let _ = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
-    u32::from_ne_bytes(b) ^ std::process::id()
 }
 
 #[test]
@@ -435,13 +360,7 @@ fn a_network_service_restart_keeps_containers_connected_and_leaves_nothing() -> 
     serves(true)?;
 
     // Kill the network service: the kernel objects stay, so traffic keeps flowing.
-    let pid = env
-        .berth()
-        .pids()?
-        .into_iter()
-        .find(|(s, _)| s == "network")
-        .and_then(|(_, p)| p)
-        .context("network pid")?;
+    let pid = env.berth().service_pid("network")?;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGKILL,

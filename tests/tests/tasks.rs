@@ -18,7 +18,7 @@ use berth_api::berth::tasks::v1::{
 };
 use berth_api::berth::types::v1::TaskStatus;
 use berth_api::client::{self, Channel};
-use berth_tests::cleanup::{cgroups_under, clean_up_instance, remove_cgroup_parent};
+use berth_tests::cleanup::{cgroups_under, clean_up_instance, stop_instance};
 use berth_tests::fixtures::bundle::runc_spec;
 use berth_tests::fixtures::images;
 use berth_tests::harness::{self, mounts_under, processes_mentioning};
@@ -94,8 +94,11 @@ impl Env {
         cgroups_under(&self.cgroup_parent())
     }
 
-    fn remove_cgroup_parents(&self) -> Result<()> {
-        remove_cgroup_parent(&self.cgroup_parent())
+    /// Clients of this instance, with the busybox snapshot [`BASE`] committed.
+    async fn clients_on_base(&self) -> Result<Clients> {
+        let mut c = self.clients().await?;
+        base_image(&mut c).await?;
+        Ok(c)
     }
 
     async fn clients(&self) -> Result<Clients> {
@@ -114,10 +117,7 @@ impl Env {
     /// left and removes the test's cgroup parent.
     fn stop(mut self) -> Result<()> {
         let berth = self.berth.take().expect("berth running");
-        berth.stop()?;
-        let left = self.container_cgroups();
-        ensure!(left.is_empty(), "container cgroups left: {left:?}");
-        self.remove_cgroup_parents()
+        stop_instance(berth, &self.cgroup_parent())
     }
 }
 
@@ -227,6 +227,39 @@ async fn start(c: &mut Clients, id: &str, exec_id: &str) -> Result<u32, tonic::S
         .await?
         .into_inner()
         .pid)
+}
+
+/// Adds exec `exec_id` running the process `spec` to task `id`; `tty` asks for stdin and a
+/// terminal.
+async fn exec(
+    c: &mut Clients,
+    id: &str,
+    exec_id: &str,
+    spec: &Value,
+    tty: bool,
+) -> Result<(), tonic::Status> {
+    c.tasks
+        .exec(tpb::ExecProcessRequest {
+            container_id: id.into(),
+            exec_id: exec_id.into(),
+            stdin: tty,
+            terminal: tty,
+            spec: spec.to_string().into_bytes(),
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Fails if the network service still lists an attachment.
+async fn no_attachments_left(c: &mut Clients) -> Result<()> {
+    let attachments = c
+        .networks
+        .list_attachments(npb::ListAttachmentsRequest::default())
+        .await?
+        .into_inner()
+        .attachments;
+    ensure!(attachments.is_empty(), "attachments left: {attachments:?}");
+    Ok(())
 }
 
 /// Records, creates and starts a container running `args`; returns the init pid.
@@ -426,8 +459,7 @@ fn shim_processes(berth: &Berth) -> Vec<u32> {
 fn containers_crud_and_bad_input_get_precise_statuses() -> Result<()> {
     let env = Env::start(Mode::AllInOne, "10.231.0.0")?;
     runtime().block_on(async {
-        let mut c = env.clients().await?;
-        base_image(&mut c).await?;
+        let mut c = env.clients_on_base().await?;
         let a = format!("abc1{}", &rand_id()[4..]);
         let b = format!("abc2{}", &rand_id()[4..]);
         new_container(&mut c, &a, "web", &["sleep", "1000"], |_, _| {}).await?;
@@ -619,8 +651,7 @@ fn containers_crud_and_bad_input_get_precise_statuses() -> Result<()> {
 fn run_reports_the_exit_code_and_logs_the_output() -> Result<()> {
     let env = Env::start(Mode::AllInOne, "10.232.0.0")?;
     runtime().block_on(async {
-        let mut c = env.clients().await?;
-        base_image(&mut c).await?;
+        let mut c = env.clients_on_base().await?;
         let id = rand_id();
         run(
             &mut c,
@@ -747,8 +778,7 @@ async fn read_attach(
 fn exec_attach_pause_and_resume() -> Result<()> {
     let env = Env::start(Mode::Separate, "10.233.0.0")?;
     runtime().block_on(async {
-        let mut c = env.clients().await?;
-        base_image(&mut c).await?;
+        let mut c = env.clients_on_base().await?;
         let id = rand_id();
         new_container(
             &mut c,
@@ -776,14 +806,7 @@ fn exec_attach_pause_and_resume() -> Result<()> {
             "env": [images::DEFAULT_PATH_ENV],
             "user": {"uid": 0, "gid": 0},
         });
-        c.tasks
-            .exec(tpb::ExecProcessRequest {
-                container_id: "cat".into(),
-                exec_id: "e1".into(),
-                spec: serde_json::to_vec(&spec)?,
-                ..Default::default()
-            })
-            .await?;
+        exec(&mut c, "cat", "e1", &spec, false).await?;
         let (_etx, mut estream) = attach(&mut c, &id, "e1", false).await?;
         start(&mut c, &id, "e1").await?;
         let (out, err, exit) = read_attach(&mut estream, |_| false).await?;
@@ -817,16 +840,7 @@ fn exec_attach_pause_and_resume() -> Result<()> {
             })
             .await?;
         assert_eq!(get(&mut c, &id).await?.status(), TaskStatus::Paused);
-        let (code_, msg) = code(
-            c.tasks
-                .exec(tpb::ExecProcessRequest {
-                    container_id: id.clone(),
-                    exec_id: "e2".into(),
-                    spec: serde_json::to_vec(&spec)?,
-                    ..Default::default()
-                })
-                .await,
-        );
+        let (code_, msg) = code(exec(&mut c, &id, "e2", &spec, false).await);
         assert_eq!(
             code_,
             Code::FailedPrecondition,
@@ -871,25 +885,17 @@ fn exec_attach_pause_and_resume() -> Result<()> {
 fn interactive_shell_through_a_pty_exec() -> Result<()> {
     let env = Env::start(Mode::Separate, "10.239.0.0")?;
     runtime().block_on(async {
-        let mut c = env.clients().await?;
-        base_image(&mut c).await?;
+        let mut c = env.clients_on_base().await?;
         let id = rand_id();
         new_container(&mut c, &id, "", &["sleep", "1000"], |_, _| {}).await?;
         create_task(&mut c, &id, false).await?;
         start(&mut c, &id, "").await?;
-        c.tasks
-            .exec(tpb::ExecProcessRequest {
-                container_id: id.clone(),
-                exec_id: "shell".into(),
-                stdin: true,
-                terminal: true,
-                spec: serde_json::to_vec(&json!({
-                    "args": ["sh"], "cwd": "/", "terminal": true,
-                    "env": [images::DEFAULT_PATH_ENV, "PS1=$ "],
-                    "user": {"uid": 0, "gid": 0},
-                }))?,
-            })
-            .await?;
+        let shell = json!({
+            "args": ["sh"], "cwd": "/", "terminal": true,
+            "env": [images::DEFAULT_PATH_ENV, "PS1=$ "],
+            "user": {"uid": 0, "gid": 0},
+        });
+        exec(&mut c, &id, "shell", &shell, true).await?;
         let (tx, mut stream) = attach(&mut c, &id, "shell", true).await?;
         start(&mut c, &id, "shell").await?;
         tx.send(tpb::AttachRequest {
@@ -946,8 +952,7 @@ async fn topics(
 fn events_arrive_in_order_and_filtered() -> Result<()> {
     let env = Env::start(Mode::AllInOne, "10.234.0.0")?;
     runtime().block_on(async {
-        let mut c = env.clients().await?;
-        base_image(&mut c).await?;
+        let mut c = env.clients_on_base().await?;
         let id = rand_id();
         let other = rand_id();
         let mut stream = c
@@ -1029,8 +1034,7 @@ async fn subscribe(c: &mut Clients, id: &str) -> Result<tonic::Streaming<epb::En
 fn restart_policies_with_backoff_and_user_stop() -> Result<()> {
     let env = Env::start(Mode::AllInOne, "10.235.0.0")?;
     runtime().block_on(async {
-        let mut c = env.clients().await?;
-        base_image(&mut c).await?;
+        let mut c = env.clients_on_base().await?;
 
         // on-failure:2 → the first run and two restarts, then it stays stopped.
         let failing = rand_id();
@@ -1125,8 +1129,7 @@ fn kill_9_of_the_service_with_20_running_containers_then_recovery() -> Result<()
     let env = Env::start(Mode::Separate, "10.236.0.0")?;
     let rt = runtime();
     let (running, exiting, always, orphan) = rt.block_on(async {
-        let mut c = env.clients().await?;
-        base_image(&mut c).await?;
+        let mut c = env.clients_on_base().await?;
         let mut running = Vec::new();
         for i in 0..20 {
             let id = rand_id();
@@ -1154,13 +1157,7 @@ fn kill_9_of_the_service_with_20_running_containers_then_recovery() -> Result<()
 
     // kill -9 of the tasks service; meanwhile one container exits on its own, the init of the
     // restart=always one is killed, and one shim dies.
-    let tasks_pid = env
-        .berth()
-        .pids()?
-        .into_iter()
-        .find(|(s, _)| s == "tasks")
-        .and_then(|(_, p)| p)
-        .context("tasks pid")?;
+    let tasks_pid = env.berth().service_pid("tasks")?;
     let always_pid = rt.block_on(async {
         let mut c = env.clients().await?;
         anyhow::Ok(get(&mut c, &always).await?.pid)
@@ -1243,17 +1240,11 @@ fn kill_9_of_the_service_with_20_running_containers_then_recovery() -> Result<()
         assert_eq!(wait(&mut c, &orphan, "").await?, 255);
         // Exec still works in a recovered task, with its output attached.
         let target = running[5].clone();
-        c.tasks
-            .exec(tpb::ExecProcessRequest {
-                container_id: target.clone(),
-                exec_id: "after".into(),
-                spec: serde_json::to_vec(&json!({
-                    "args": ["echo", "recovered"], "cwd": "/", "user": {"uid": 0, "gid": 0},
-                    "env": [images::DEFAULT_PATH_ENV]
-                }))?,
-                ..Default::default()
-            })
-            .await?;
+        let after = json!({
+            "args": ["echo", "recovered"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+            "env": [images::DEFAULT_PATH_ENV]
+        });
+        exec(&mut c, &target, "after", &after, false).await?;
         let (_tx, mut stream) = attach(&mut c, &target, "after", false).await?;
         start(&mut c, &target, "after").await?;
         let (out, _, exit) = read_attach(&mut stream, |_| false).await?;
@@ -1278,8 +1269,7 @@ fn eight_clients_500_run_rm_cycles_leave_nothing() -> Result<()> {
     let rt = runtime();
     let begun = Instant::now();
     rt.block_on(async {
-        let mut c = env.clients().await?;
-        base_image(&mut c).await?;
+        env.clients_on_base().await?;
         let mut workers = Vec::new();
         for w in 0..CLIENTS {
             let mut c = env.clients().await?;
@@ -1330,13 +1320,7 @@ fn eight_clients_500_run_rm_cycles_leave_nothing() -> Result<()> {
             "{} containers left",
             containers.len()
         );
-        let attachments = c
-            .networks
-            .list_attachments(npb::ListAttachmentsRequest::default())
-            .await?
-            .into_inner()
-            .attachments;
-        ensure!(attachments.is_empty(), "attachments left: {attachments:?}");
+        no_attachments_left(&mut c).await?;
         anyhow::Ok(())
     })?;
     let berth = env.berth();
@@ -1378,8 +1362,7 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
 fn two_containers_on_a_user_network_reach_each_other_by_name() -> Result<()> {
     let env = Env::start(Mode::Separate, "10.238.0.0")?;
     runtime().block_on(async {
-        let mut c = env.clients().await?;
-        base_image(&mut c).await?;
+        let mut c = env.clients_on_base().await?;
         c.networks
             .create(npb::CreateNetworkRequest {
                 name: "front".into(),
@@ -1460,13 +1443,7 @@ fn two_containers_on_a_user_network_reach_each_other_by_name() -> Result<()> {
         for id in [&alpha, &beta, &gamma] {
             remove(&mut c, id).await?;
         }
-        let attachments = c
-            .networks
-            .list_attachments(npb::ListAttachmentsRequest::default())
-            .await?
-            .into_inner()
-            .attachments;
-        ensure!(attachments.is_empty(), "attachments left: {attachments:?}");
+        no_attachments_left(&mut c).await?;
         c.networks
             .remove(npb::RemoveNetworkRequest {
                 name: "front".into(),

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use berth_tests::cleanup::{cgroups_under, clean_up_instance, remove_cgroup_parent};
+use berth_tests::cleanup::{clean_up_instance, stop_instance};
 use berth_tests::fixtures::images;
 use berth_tests::fixtures::registry::{Registry, free_port, http_get_status};
 use berth_tests::{Berth, Mode, Options};
@@ -71,15 +71,7 @@ impl Env {
 
     /// Runs berthctl, which must succeed; returns its stdout.
     fn ok(&self, args: &[&str]) -> Result<String> {
-        let out = self.ctl(args)?;
-        ensure!(
-            out.status.success(),
-            "berthctl {args:?} failed ({:?}): {}{}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        self.berth().ctl_ok(args)
     }
 
     /// Runs berthctl, which must fail with exit code `code` and one line on stderr; returns it.
@@ -143,15 +135,6 @@ impl Env {
         format!("berth-test-{}", self.tag)
     }
 
-    /// Cgroup directories left under this test's parent, in every hierarchy.
-    fn cgroups(&self) -> Vec<std::path::PathBuf> {
-        cgroups_under(&self.cgroup_parent())
-    }
-
-    fn remove_cgroup_parents(&self) -> Result<()> {
-        remove_cgroup_parent(&self.cgroup_parent())
-    }
-
     /// Removes every container, stops berth with the harness's leak check, and checks that
     /// no container cgroup is left.
     fn stop(mut self) -> Result<()> {
@@ -160,10 +143,7 @@ impl Env {
             self.ok(&["rm", "-f", id])?;
         }
         let berth = self.berth.take().expect("berth running");
-        berth.stop()?;
-        let left = self.cgroups();
-        ensure!(left.is_empty(), "container cgroups left: {left:?}");
-        self.remove_cgroup_parents()
+        stop_instance(berth, &self.cgroup_parent())
     }
 }
 

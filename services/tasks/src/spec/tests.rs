@@ -41,6 +41,27 @@ fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
+/// Default options changed by `set`.
+fn with(set: impl FnOnce(&mut RunOptions)) -> RunOptions {
+    let mut opts = RunOptions::default();
+    set(&mut opts);
+    opts
+}
+
+/// Asserts that [`build`] refuses each of `bads`, put in the options by `set`, with an error
+/// `rejected` accepts.
+fn assert_each_rejected(
+    img: &ImageConfiguration,
+    bads: &[&str],
+    set: impl Fn(&mut RunOptions, Vec<String>),
+    rejected: impl Fn(&SpecError) -> bool,
+) {
+    for bad in bads {
+        let got = build(img, &with(|o| set(o, strings(&[bad]))));
+        assert!(got.as_ref().err().is_some_and(&rejected), "{bad}: {got:?}");
+    }
+}
+
 #[test]
 fn entrypoint_and_cmd_merge_like_docker() {
     let img = image(&["/entry"], &["a", "b"]);
@@ -123,19 +144,12 @@ fn env_merges_with_user_winning_and_a_default_path() {
     assert_eq!(env.iter().filter(|e| e.starts_with("PATH=")).count(), 1);
     assert!(env.contains(&"PATH=/only".to_string()));
 
-    for bad in ["=x", "A B=1", ""] {
-        let opts = RunOptions {
-            env: strings(&[bad]),
-            ..Default::default()
-        };
-        assert!(
-            matches!(
-                build(&img, &opts),
-                Err(SpecError::Invalid { field: "env", .. })
-            ),
-            "{bad}"
-        );
-    }
+    assert_each_rejected(
+        &img,
+        &["=x", "A B=1", ""],
+        |o, v| o.env = v,
+        |e| matches!(e, SpecError::Invalid { field: "env", .. }),
+    );
 }
 
 #[test]
@@ -187,47 +201,17 @@ fn workdir_user_and_annotations() {
         assert_eq!(spec.process().clone().unwrap().user().uid(), 0);
     }
     for (field, opts) in [
-        (
-            "workdir",
-            RunOptions {
-                workdir: Some("rel".into()),
-                ..Default::default()
-            },
-        ),
-        (
-            "user",
-            RunOptions {
-                user: Some(":1".into()),
-                ..Default::default()
-            },
-        ),
+        ("workdir", with(|o| o.workdir = Some("rel".into()))),
+        ("user", with(|o| o.user = Some(":1".into()))),
         (
             "stop signal",
-            RunOptions {
-                stop_signal: Some("SIGNOPE".into()),
-                ..Default::default()
-            },
+            with(|o| o.stop_signal = Some("SIGNOPE".into())),
         ),
-        (
-            "hostname",
-            RunOptions {
-                hostname: Some("bad_host".into()),
-                ..Default::default()
-            },
-        ),
-        (
-            "init",
-            RunOptions {
-                init: true,
-                ..Default::default()
-            },
-        ),
+        ("hostname", with(|o| o.hostname = Some("bad_host".into()))),
+        ("init", with(|o| o.init = true)),
         (
             "label",
-            RunOptions {
-                labels: [(USER_ANNOTATION.to_string(), "0".to_string())].into(),
-                ..Default::default()
-            },
+            with(|o| o.labels = [(USER_ANNOTATION.to_string(), "0".to_string())].into()),
         ),
     ] {
         match build(&img, &opts) {
@@ -416,22 +400,18 @@ fn privileged_and_capabilities() {
         ..Default::default()
     };
     assert!(build(&img, &opts).is_ok());
-    for bad in [
-        "seccomp={",
-        "apparmor=docker-default",
-        "label=type:svirt_t",
-        "no-new-privileges:maybe",
-        "bogus",
-    ] {
-        let opts = RunOptions {
-            security_opt: strings(&[bad]),
-            ..Default::default()
-        };
-        assert!(
-            matches!(build(&img, &opts), Err(SpecError::SecurityOpt { .. })),
-            "{bad}"
-        );
-    }
+    assert_each_rejected(
+        &img,
+        &[
+            "seccomp={",
+            "apparmor=docker-default",
+            "label=type:svirt_t",
+            "no-new-privileges:maybe",
+            "bogus",
+        ],
+        |o, v| o.security_opt = v,
+        |e| matches!(e, SpecError::SecurityOpt { .. }),
+    );
 }
 
 #[test]
@@ -473,92 +453,38 @@ fn resources_and_bad_values() {
     );
     assert_eq!(spec.process().clone().unwrap().oom_score_adj(), Some(500));
 
-    let check = |opts: RunOptions, field: &str| match build(&img, &opts) {
+    let check = |set: fn(&mut RunOptions), field: &str| match build(&img, &with(set)) {
         Err(SpecError::Resource { field: f, .. }) => assert_eq!(f, field),
         other => panic!("{field}: {other:?}"),
     };
+    check(|o| o.memory = Some(1024), "memory");
     check(
-        RunOptions {
-            memory: Some(1024),
-            ..Default::default()
-        },
-        "memory",
-    );
-    check(
-        RunOptions {
-            memory: Some(64 << 20),
-            memory_swap: Some(32 << 20),
-            ..Default::default()
+        |o| {
+            o.memory = Some(64 << 20);
+            o.memory_swap = Some(32 << 20);
         },
         "memory_swap",
     );
+    check(|o| o.memory_swap = Some(64 << 20), "memory_swap");
     check(
-        RunOptions {
-            memory_swap: Some(64 << 20),
-            ..Default::default()
-        },
-        "memory_swap",
-    );
-    check(
-        RunOptions {
-            memory: Some(64 << 20),
-            memory_reservation: Some(128 << 20),
-            ..Default::default()
+        |o| {
+            o.memory = Some(64 << 20);
+            o.memory_reservation = Some(128 << 20);
         },
         "memory_reservation",
     );
-    check(
-        RunOptions {
-            cpus: Some(0.0),
-            ..Default::default()
-        },
-        "cpus",
+    check(|o| o.cpus = Some(0.0), "cpus");
+    check(|o| o.cpus = Some(100_000.0), "cpus");
+    check(|o| o.cpuset_cpus = Some("1-".into()), "cpuset_cpus");
+    check(|o| o.blkio_weight = Some(5), "blkio_weight");
+    check(|o| o.oom_score_adj = Some(2000), "oom_score_adj");
+    check(|o| o.shm_size = Some(0), "shm_size");
+    assert_each_rejected(
+        &img,
+        &["nofile", "bogus=1", "nofile=2:1", "nofile=x", "nofile=1:x"],
+        |o, v| o.ulimits = v,
+        |e| matches!(e, SpecError::Ulimit { .. }),
     );
-    check(
-        RunOptions {
-            cpus: Some(100_000.0),
-            ..Default::default()
-        },
-        "cpus",
-    );
-    check(
-        RunOptions {
-            cpuset_cpus: Some("1-".into()),
-            ..Default::default()
-        },
-        "cpuset_cpus",
-    );
-    check(
-        RunOptions {
-            blkio_weight: Some(5),
-            ..Default::default()
-        },
-        "blkio_weight",
-    );
-    check(
-        RunOptions {
-            oom_score_adj: Some(2000),
-            ..Default::default()
-        },
-        "oom_score_adj",
-    );
-    check(
-        RunOptions {
-            shm_size: Some(0),
-            ..Default::default()
-        },
-        "shm_size",
-    );
-    for bad in ["nofile", "bogus=1", "nofile=2:1", "nofile=x", "nofile=1:x"] {
-        let opts = RunOptions {
-            ulimits: strings(&[bad]),
-            ..Default::default()
-        };
-        assert!(
-            matches!(build(&img, &opts), Err(SpecError::Ulimit { .. })),
-            "{bad}"
-        );
-    }
     let opts = RunOptions {
         sysctls: [("kernel.hostname".to_string(), "x".to_string())]
             .into_iter()
@@ -731,22 +657,18 @@ fn devices_and_host_network() {
         .map(|n| n.typ())
         .collect();
     assert!(!ns.contains(&LinuxNamespaceType::Network) && !ns.contains(&LinuxNamespaceType::Uts));
-    for bad in [
-        "/dev/nope",
-        "/etc/passwd",
-        "/dev/null:/dev/x:rwx",
-        "dev/null",
-        "/a:/b:rw:x",
-    ] {
-        let opts = RunOptions {
-            devices: strings(&[bad]),
-            ..Default::default()
-        };
-        assert!(
-            matches!(build(&img, &opts), Err(SpecError::Device { .. })),
-            "{bad}"
-        );
-    }
+    assert_each_rejected(
+        &img,
+        &[
+            "/dev/nope",
+            "/etc/passwd",
+            "/dev/null:/dev/x:rwx",
+            "dev/null",
+            "/a:/b:rw:x",
+        ],
+        |o, v| o.devices = v,
+        |e| matches!(e, SpecError::Device { .. }),
+    );
 }
 
 #[test]
