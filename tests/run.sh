@@ -12,8 +12,9 @@ fi
 
 # busybox-static: test images; docker-registry: a real registry on loopback; skopeo/umoci:
 # interoperability checks of the images we build; runc/crun: the OCI runtimes berth-shim drives;
-# nftables/iproute2/containernetworking-plugins: the network service's nft, test checks, CNI mode.
-packages=(busybox-static docker-registry skopeo umoci runc crun nftables iproute2 containernetworking-plugins)
+# nftables/iproute2/containernetworking-plugins: the network service's nft, test checks, CNI mode;
+# zstd: zstd-compressed test layers.
+packages=(busybox-static docker-registry skopeo umoci runc crun nftables iproute2 containernetworking-plugins zstd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
