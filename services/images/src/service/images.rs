@@ -151,6 +151,40 @@ fn pull_options(req: pb::PullRequest) -> Result<PullOptions> {
     })
 }
 
+/// Runs `work` (a pull or a push, given the sender it reports progress on) and streams each
+/// report as `step(progress)`, then its outcome as `done(result)`; the client going away
+/// cancels the work.
+fn relay<T, M, F, W>(
+    what: &'static str,
+    work: W,
+    step: fn(Progress) -> M,
+    done: fn(T) -> M,
+) -> ReceiverStream<std::result::Result<M, Status>>
+where
+    T: Send + 'static,
+    M: Send + 'static,
+    F: std::future::Future<Output = Result<T>> + Send + 'static,
+    W: FnOnce(mpsc::Sender<Progress>) -> F,
+{
+    let (tx, rx) = mpsc::channel(16);
+    let (progress_tx, mut progress_rx) = mpsc::channel(64);
+    let work = tokio::spawn(work(progress_tx));
+    tokio::spawn(async move {
+        while let Some(p) = progress_rx.recv().await {
+            if tx.send(Ok(step(p))).await.is_err() {
+                work.abort(); // the client left: cancel the work
+                return;
+            }
+        }
+        let last = match work.await {
+            Ok(result) => result.map(done).map_err(Status::from),
+            Err(e) => Err(Status::internal(format!("{what} task failed: {e}"))),
+        };
+        let _ = tx.send(last).await;
+    });
+    ReceiverStream::new(rx)
+}
+
 fn progress(p: Progress) -> pb::Progress {
     let status = match p.stage {
         Stage::Resolving => pb::ProgressStatus::Resolving,
@@ -303,10 +337,9 @@ where
             .then(|| (req.snapshotter.clone(), req.platforms.first().cloned()));
         let options = pull_options(req)?;
         let (puller, unpacker) = (self.puller.clone(), self.unpacker.clone());
-        let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(async move {
-            let (progress_tx, mut progress_rx) = mpsc::channel(64);
-            let work = tokio::spawn(async move {
+        let stream = relay(
+            "pull",
+            |progress_tx: mpsc::Sender<Progress>| async move {
                 let image = puller.pull(&ns, options, progress_tx.clone()).await?;
                 if let Some((snapshotter, platform)) = unpack {
                     let platform = platform.map(self::platform);
@@ -314,30 +347,18 @@ where
                         .unpack(&ns, &image.name, &snapshotter, platform, Some(&progress_tx))
                         .await?;
                 }
-                Ok::<_, Error>(image)
-            });
-            while let Some(p) = progress_rx.recv().await {
-                let message = pb::PullResponse {
-                    progress: vec![progress(p)],
-                    image: None,
-                };
-                if tx.send(Ok(message)).await.is_err() {
-                    work.abort(); // the client left: cancel the pull
-                    return;
-                }
-            }
-            let last = match work.await {
-                Ok(result) => result
-                    .map(|i| pb::PullResponse {
-                        progress: Vec::new(),
-                        image: Some(image(i)),
-                    })
-                    .map_err(Status::from),
-                Err(e) => Err(Status::internal(format!("pull task failed: {e}"))),
-            };
-            let _ = tx.send(last).await;
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+                Ok(image)
+            },
+            |p| pb::PullResponse {
+                progress: vec![progress(p)],
+                image: None,
+            },
+            |i| pb::PullResponse {
+                progress: Vec::new(),
+                image: Some(image(i)),
+            },
+        );
+        Ok(Response::new(stream))
     }
 
     type PushStream = ReceiverStream<Result<pb::PushResponse, Status>>;
@@ -361,32 +382,19 @@ where
             max_concurrent: req.max_concurrent_uploads as usize,
         };
         let pusher = self.pusher.clone();
-        let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(async move {
-            let (progress_tx, mut progress_rx) = mpsc::channel(64);
-            let work = tokio::spawn(async move { pusher.push(&ns, options, progress_tx).await });
-            while let Some(p) = progress_rx.recv().await {
-                let message = pb::PushResponse {
-                    progress: vec![progress(p)],
-                    pushed: None,
-                };
-                if tx.send(Ok(message)).await.is_err() {
-                    work.abort(); // the client left: cancel the push
-                    return;
-                }
-            }
-            let last = match work.await {
-                Ok(result) => result
-                    .map(|d| pb::PushResponse {
-                        progress: Vec::new(),
-                        pushed: Some(descriptor_msg(d)),
-                    })
-                    .map_err(Status::from),
-                Err(e) => Err(Status::internal(format!("push task failed: {e}"))),
-            };
-            let _ = tx.send(last).await;
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let stream = relay(
+            "push",
+            |progress_tx| async move { pusher.push(&ns, options, progress_tx).await },
+            |p| pb::PushResponse {
+                progress: vec![progress(p)],
+                pushed: None,
+            },
+            |d| pb::PushResponse {
+                progress: Vec::new(),
+                pushed: Some(descriptor_msg(d)),
+            },
+        );
+        Ok(Response::new(stream))
     }
 
     type ExportStream = ReceiverStream<Result<pb::ExportResponse, Status>>;
