@@ -2,18 +2,60 @@
 //!
 //! [`hosted`] builds the service for a socket server (berthd hosts it beside the others);
 //! [`serve`] runs it alone, as the `berth-cri` binary does.
+//!
+//! Layers: [`runtime`] and [`images`] are the thin tonic adapters of the CRI RuntimeService and
+//! ImageService; [`sandbox`] owns pod sandboxes, [`container`] the pods' containers, and
+//! [`streaming`] the exec/attach/port-forward server. Every berth object the facade makes lives
+//! in the [`NAMESPACE`] namespace of the other services.
 
 #![warn(missing_docs)]
 
+pub mod container;
+pub mod images;
+pub mod runtime;
+pub mod sandbox;
+pub mod streaming;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use berth_api::Service;
 use berth_api::config::Config;
+use berth_api::runtime::v1::image_service_server::ImageServiceServer;
+use berth_api::runtime::v1::runtime_service_server::RuntimeServiceServer;
 use berth_api::server::{Hosted, ServeError};
 
+/// The berth namespace of everything made through the CRI.
+pub const NAMESPACE: &str = "k8s.io";
+
+/// State shared by every CRI RPC.
+pub struct Cri {
+    /// The process's configuration.
+    pub config: Config,
+    /// The cri service's persistent root (`<root>/cri`).
+    pub root: PathBuf,
+}
+
+impl Cri {
+    /// The socket of another berth service.
+    pub fn socket(&self, service: Service) -> PathBuf {
+        service.socket(&self.config.state)
+    }
+}
+
 /// The cri service's gRPC routes, ready to be served on its socket.
-pub fn hosted(_config: &Config) -> anyhow::Result<Hosted> {
+pub fn hosted(config: &Config) -> anyhow::Result<Hosted> {
+    let cri = Arc::new(Cri {
+        config: config.clone(),
+        root: config.service_root(Service::Cri.name()),
+    });
+    let routes = tonic::service::Routes::new(RuntimeServiceServer::new(runtime::RuntimeApi::new(
+        cri.clone(),
+    )))
+    .add_service(ImageServiceServer::new(images::ImageApi::new(cri)));
     Ok(Hosted {
         service: Service::Cri,
-        routes: tonic::service::Routes::default(),
+        routes,
     })
 }
 
