@@ -243,6 +243,14 @@ impl ProcessIo {
         )
     }
 
+    /// Reopens the CRI log file at its path (None: the process has no CRI log).
+    pub fn reopen_log(&self) -> Option<Result<()>> {
+        let log = self.sinks.as_ref()?.log.as_ref()?;
+        let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+        let path = log.path().to_owned();
+        Some(log.reopen().map_err(Error::io(path)))
+    }
+
     /// Closes the process's stdin once what was written to the stdin FIFO so far has been
     /// copied.
     pub fn close_stdin(&mut self) {

@@ -79,6 +79,23 @@ impl CriLog {
         }
     }
 
+    /// The log's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens the file at the log's path again (appending, created if missing), for a client
+    /// that moved the old file away (CRI ReopenContainerLog, after the kubelet rotated it).
+    pub fn reopen(&mut self) -> std::io::Result<()> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        self.size = file.metadata()?.len();
+        self.file = file;
+        Ok(())
+    }
+
     fn rotated(&self, n: u32) -> PathBuf {
         let mut name = self.path.as_os_str().to_owned();
         name.push(format!(".{n}"));

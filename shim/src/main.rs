@@ -10,8 +10,9 @@
 //! receives `address`, `shim.pid` and the exit records. On failure it prints one line to
 //! stderr and exits 1, leaving nothing behind.
 //!
-//! Process roles: [`start`] (the starter), [`daemon`] (the shim), and the runtime commands
-//! and container processes it spawns and reaps ([`runtime`], [`reaper`]).
+//! Process roles: [`start`] (the starter), [`daemon`] (the shim), the runtime commands and
+//! container processes it spawns and reaps ([`runtime`], [`reaper`]), and a pod's init
+//! (`berth-shim pod-init`, [`podinit`]).
 
 mod backend;
 mod cgroup;
@@ -23,6 +24,7 @@ mod events;
 mod io;
 mod logs;
 mod mount;
+mod podinit;
 mod reaper;
 mod runtime;
 mod service;
@@ -87,6 +89,9 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<daemon::Options, Stri
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1).peekable();
+    if args.peek().is_some_and(|a| a == podinit::COMMAND) {
+        podinit::run();
+    }
     if args.peek().is_some_and(|a| a == "--version" || a == "-V") {
         println!(
             "berth-shim {} ({})",

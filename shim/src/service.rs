@@ -112,6 +112,14 @@ impl shim_server::Shim for ShimService {
         Ok(Response::new(api::CloseIoResponse {}))
     }
 
+    async fn reopen_log(
+        &self,
+        request: Request<api::ReopenLogRequest>,
+    ) -> Result<Response<api::ReopenLogResponse>, Status> {
+        self.shim.reopen_log(&request.into_inner().id).await?;
+        Ok(Response::new(api::ReopenLogResponse {}))
+    }
+
     async fn pause(
         &self,
         request: Request<api::PauseRequest>,

@@ -27,6 +27,7 @@ use crate::cgroup::Cgroup;
 use crate::error::{Error, Result};
 use crate::events::Events;
 use crate::io::{IoSpec, ProcessIo};
+use crate::podinit::PodInit;
 use crate::reaper::{Exit, Reaper};
 use crate::runtime::{self, OciCli};
 use crate::task::{Action, Status};
@@ -182,6 +183,8 @@ pub struct Shim {
     stop: watch::Sender<bool>,
     /// The shim's own cgroup, never removed with a container's.
     own_cgroup: Cgroup,
+    /// The init of the pod's shared pid namespace, once a container asked for it.
+    pod_init: Mutex<Option<PodInit>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -258,12 +261,21 @@ impl Shim {
             events,
             stop,
             own_cgroup: Cgroup::of_pid(std::process::id()).unwrap_or_default(),
+            pod_init: Mutex::default(),
         }
     }
 
     /// The event log.
     pub fn events(&self) -> &Events {
         &self.events
+    }
+
+    /// Asks the daemon to exit, ending the pod's init first.
+    fn finish(&self) {
+        if let Some(init) = lock(&self.pod_init).take() {
+            init.kill();
+        }
+        self.stop.send_replace(true);
     }
 
     fn stopping(&self) -> bool {
@@ -345,6 +357,7 @@ impl Shim {
             return Err(invalid("not an absolute path".into()));
         }
         let config = bundle.join("config.json");
+        crate::podinit::prepare(&config, &mut lock(&self.pod_init), &self.reaper)?;
         let spec = crate::spec::load(&config).map_err(invalid)?;
         let process = spec
             .process
@@ -731,7 +744,7 @@ impl Shim {
         self.publish_delete(id, "", pid, exit);
         if empty {
             tracing::info!("last container deleted: exiting");
-            self.stop.send_replace(true);
+            self.finish();
         }
         Ok((pid, exit))
     }
@@ -822,6 +835,28 @@ impl Shim {
                 id: id.to_owned(),
                 process: process.to_owned(),
                 what: "terminal",
+            })
+        })
+    }
+
+    /// Reopens the CRI log file of a container's running init process (the client moved the
+    /// old file away). FailedPrecondition when the process is not running or has no log.
+    pub async fn reopen_log(&self, id: &str) -> Result<()> {
+        let container = self.container(id)?;
+        let procs = container.procs.lock().await;
+        let status = procs.init.status();
+        if status != Status::Running {
+            return Err(Error::BadState {
+                id: id.to_owned(),
+                state: status,
+                action: "reopen its log",
+            });
+        }
+        procs.init.io.reopen_log().unwrap_or_else(|| {
+            Err(Error::NoSuchIo {
+                id: id.to_owned(),
+                process: "init".to_owned(),
+                what: "log file",
             })
         })
     }
@@ -948,7 +983,7 @@ impl Shim {
         }
         // Otherwise the shim exits when Delete removes the last container.
         if lock(&self.containers).is_empty() {
-            self.stop.send_replace(true);
+            self.finish();
         }
     }
 }

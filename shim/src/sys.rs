@@ -120,3 +120,45 @@ pub fn async_fd(
     // and its raw value never changes until the AsyncFd is dropped.
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
 }
+
+/// Starts `exe` with `args` as pid 1 of a new pid namespace; returns its pid (in the caller's
+/// pid namespace). The child gets SIGKILL when the calling thread exits, and inherits no
+/// descriptor besides stdin, stdout and stderr.
+pub fn spawn_pid_namespace_init(exe: &std::path::Path, args: &[&str]) -> std::io::Result<u32> {
+    use std::os::unix::ffi::OsStrExt;
+    let invalid = |_| std::io::Error::from(std::io::ErrorKind::InvalidInput);
+    // Prepared before the clone: nothing may allocate in the child.
+    let path = CString::new(exe.as_os_str().as_bytes()).map_err(invalid)?;
+    let args: Vec<CString> = std::iter::once(Ok(path.clone()))
+        .chain(args.iter().map(|a| CString::new(*a).map_err(invalid)))
+        .collect::<std::io::Result<_>>()?;
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    // SAFETY: raw clone without CLONE_VM and with a null stack behaves like fork. The shim is
+    // multi-threaded, so the child only makes async-signal-safe system calls on memory
+    // prepared above (no allocation, no lock) until execve replaces its image.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_NEWPID | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    match rc {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => {
+            // SAFETY: see above: plain system calls, then execve or _exit.
+            unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+                libc::_exit(127)
+            }
+        }
+        pid => Ok(pid as u32),
+    }
+}

@@ -52,6 +52,10 @@ pub fn normalize_name(name: &str) -> Result<String> {
 
 /// Checks the fields a client sets.
 pub fn validate(c: &Container) -> Result<()> {
+    if !c.sandbox_id.is_empty() {
+        // It names the pod's shim directory.
+        validate_id("sandbox_id", &c.sandbox_id)?;
+    }
     if !c.spec.is_empty() {
         let value: serde_json::Value = serde_json::from_slice(&c.spec)
             .map_err(|e| Error::invalid("spec", format!("not JSON: {e}")))?;

@@ -7,12 +7,17 @@
 //! the container is deleted). The store's task record says which task exists, so that a
 //! restarted service finds its shims again ([`crate::recover`]).
 //!
+//! A container with a `sandbox_id` belongs to a pod: all the pod's tasks run in one shim,
+//! `<state>/shims/<ns>/<sandbox_id>/`, launched with the pod's first task and ending when its
+//! last task is deleted ([`ShimConn`]).
+//!
 //! Lifecycle operations on one container (task create and delete, container delete, restarts)
-//! are serialized by a per-container lock; calls that only talk to the shim are not.
+//! are serialized by a per-container lock, and launching or ending a shim by a per-shim lock
+//! (taken after the container's); calls that only talk to the shim are not.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -121,11 +126,42 @@ impl Settings {
     }
 }
 
+/// A shim process the service is connected to, and the containers whose tasks it runs: one
+/// container's, or every container's of a pod.
+pub struct ShimConn {
+    ns: String,
+    dir: PathBuf,
+    client: ShimClient<Channel>,
+    /// Containers with a task in this shim.
+    members: Mutex<HashSet<String>>,
+    /// Sequence number of the last event relayed.
+    seq: AtomicU64,
+    /// A relay follows its events.
+    followed: AtomicBool,
+}
+
+impl ShimConn {
+    fn new(ns: &str, dir: &Path, client: ShimClient<Channel>, seq: u64) -> Arc<ShimConn> {
+        Arc::new(ShimConn {
+            ns: ns.to_owned(),
+            dir: dir.to_owned(),
+            client,
+            members: Mutex::default(),
+            seq: AtomicU64::new(seq),
+            followed: AtomicBool::new(false),
+        })
+    }
+
+    fn members(&self) -> Vec<String> {
+        lock(&self.members).iter().cloned().collect()
+    }
+}
+
 /// A task whose shim the service is connected to.
 pub struct Task {
     ns: String,
     id: String,
-    shim: ShimClient<Channel>,
+    conn: Arc<ShimConn>,
     bundle: PathBuf,
     io: Mutex<HashMap<String, Arc<ProcessIo>>>,
     /// Set when the service deletes the task: its exit and the end of its shim are expected.
@@ -141,7 +177,7 @@ impl Task {
     }
 
     fn shim(&self) -> ShimClient<Channel> {
-        self.shim.clone()
+        self.conn.client.clone()
     }
 }
 
@@ -215,6 +251,10 @@ pub struct Manager {
     volumes: Arc<VolumeManager>,
     tasks: Mutex<HashMap<Key, Arc<Task>>>,
     locks: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
+    /// Connected shims by directory.
+    shims: Mutex<HashMap<PathBuf, Arc<ShimConn>>>,
+    /// Serializes launching a shim with ending it, by shim directory.
+    shim_locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Manager {
@@ -232,6 +272,8 @@ impl Manager {
             volumes,
             tasks: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
+            shims: Mutex::default(),
+            shim_locks: Mutex::default(),
         })
     }
 
@@ -248,6 +290,40 @@ impl Manager {
     async fn lock_container(&self, ns: &str, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let m = lock(&self.locks).entry(key(ns, id)).or_default().clone();
         m.lock_owned().await
+    }
+
+    async fn lock_shim(&self, dir: &Path) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = lock(&self.shim_locks)
+            .entry(dir.to_owned())
+            .or_default()
+            .clone();
+        m.lock_owned().await
+    }
+
+    /// Drops the lock of a shim directory that has no shim any more, unless someone else
+    /// holds or awaits it (the caller may hold it: one guard).
+    fn release_shim_lock(&self, dir: &Path) {
+        let mut locks = lock(&self.shim_locks);
+        if locks.get(dir).is_some_and(|m| Arc::strong_count(m) <= 2) {
+            locks.remove(dir);
+        }
+    }
+
+    /// Forgets a shim that ended (or never served a task).
+    fn forget_shim(&self, conn: &Arc<ShimConn>) {
+        let mut shims = lock(&self.shims);
+        if shims.get(&conn.dir).is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            shims.remove(&conn.dir);
+        }
+    }
+
+    /// The id a container's shim is launched with: its pod's, or its own.
+    fn shim_id(c: &Container) -> &str {
+        if c.sandbox_id.is_empty() {
+            &c.id
+        } else {
+            &c.sandbox_id
+        }
     }
 
     // ----- containers -----
@@ -409,6 +485,7 @@ impl Manager {
             })?;
         self.store.delete_container(ns, &id)?;
         lock(&self.locks).remove(&key(ns, &id));
+        self.release_shim_lock(&self.settings.shim_dir(ns, &id));
         self.events.publish(
             ns,
             "/containers/delete",
@@ -516,11 +593,19 @@ impl Manager {
             Vec::new()
         };
         let bundle = self.settings.bundle(ns, &id);
-        let shim_dir = self.settings.shim_dir(ns, &id);
+        let shim_dir = self.settings.shim_dir(ns, Self::shim_id(c));
+        let _shim_guard = self.lock_shim(&shim_dir).await;
+        // The pod's shim, when it runs already.
+        let existing = lock(&self.shims)
+            .get(&shim_dir)
+            .filter(|_| !c.sandbox_id.is_empty())
+            .cloned();
         // Nothing runs from these (the task record says there is no task): leftovers of a
         // crash are removed.
         remove_bundle(&bundle);
-        let _ = std::fs::remove_dir_all(&shim_dir);
+        if existing.is_none() {
+            let _ = std::fs::remove_dir_all(&shim_dir);
+        }
         let log_dir = self.settings.log_dir(ns, &id);
         for dir in [bundle.join("rootfs"), log_dir.clone()] {
             std::fs::create_dir_all(&dir).map_err(Error::io(dir))?;
@@ -569,17 +654,21 @@ impl Manager {
             runtime: runtime.clone(),
             stdin,
             terminal,
-            event_seq: 0,
+            event_seq: existing
+                .as_ref()
+                .map_or(0, |c| c.seq.load(Ordering::SeqCst)),
             networks: attached.networks.clone(),
             netns: attached.netns.clone(),
             started_at_ns: None,
             execs: Vec::new(),
         };
-        let result = self.launch(ns, c, &spec, &live, rootfs, &log_dir).await;
+        let result = self
+            .launch(ns, c, &spec, &live, rootfs, &log_dir, existing)
+            .await;
         match result {
             Ok((task, pid)) => {
                 lock(&self.tasks).insert(key(ns, &id), task.clone());
-                tokio::spawn(self.clone().relay(task, 0));
+                self.follow(&task.conn);
                 Ok(pid)
             }
             Err(e) => {
@@ -648,8 +737,10 @@ impl Manager {
         Ok(())
     }
 
-    /// Writes config.json, makes the init FIFOs, records the task, starts the shim and has
-    /// it create the container. On error the shim is gone (the caller removes the rest).
+    /// Writes config.json, makes the init FIFOs, records the task, starts the shim (unless
+    /// `existing`, the pod's, runs) and has it create the container. On error a shim started
+    /// here is gone (the caller removes the rest).
+    #[allow(clippy::too_many_arguments)]
     async fn launch(
         &self,
         ns: &str,
@@ -658,6 +749,7 @@ impl Manager {
         live: &LiveTask,
         rootfs: Vec<Mount>,
         log_dir: &Path,
+        existing: Option<Arc<ShimConn>>,
     ) -> Result<(Arc<Task>, u32)> {
         let id = &c.id;
         let config = live.bundle.join("config.json");
@@ -666,9 +758,18 @@ impl Manager {
         let io = ProcessIo::open(&live.bundle.join("io"), "init", live.stdin, live.terminal)?;
         self.store
             .update_task(ns, id, |r| r.live = Some(live.clone()))?;
-        let client = self
-            .start_shim(ns, id, &live.shim_dir, &live.runtime)
-            .await?;
+        let (conn, started) = match existing {
+            Some(conn) => (conn, false),
+            None => {
+                let client = self
+                    .start_shim(ns, Self::shim_id(c), &live.shim_dir, &live.runtime)
+                    .await?;
+                let conn = ShimConn::new(ns, &live.shim_dir, client, 0);
+                lock(&self.shims).insert(live.shim_dir.clone(), conn.clone());
+                (conn, true)
+            }
+        };
+        let client = conn.client.clone();
         let log = c.log_config.clone().unwrap_or_default();
         let log = LogConfig {
             path: if log.path.is_empty() {
@@ -696,23 +797,28 @@ impl Manager {
         let pid = match created {
             Ok(r) => r.into_inner().pid,
             Err(status) => {
-                let _ = client
-                    .clone()
-                    .shutdown(shim::ShutdownRequest {
-                        id: id.clone(),
-                        now: true,
-                    })
-                    .await;
-                wait_gone(&live.shim_dir).await;
+                if started {
+                    let _ = client
+                        .clone()
+                        .shutdown(shim::ShutdownRequest {
+                            id: id.clone(),
+                            now: true,
+                        })
+                        .await;
+                    wait_gone(&live.shim_dir).await;
+                    self.forget_shim(&conn);
+                    self.remove_shim_log(ns, c);
+                }
                 return Err(Error::remote(format!("create the task of container {id}"))(
                     status,
                 ));
             }
         };
+        lock(&conn.members).insert(id.clone());
         let task = Arc::new(Task {
             ns: ns.to_owned(),
             id: id.clone(),
-            shim: client,
+            conn,
             bundle: live.bundle.clone(),
             io: Mutex::new(HashMap::from([(String::new(), io)])),
             deleting: AtomicBool::new(false),
@@ -722,6 +828,14 @@ impl Manager {
         Ok((task, pid))
     }
 
+    /// The shim log of a pod's shim lives in the pod's own log directory.
+    fn remove_shim_log(&self, ns: &str, c: &Container) {
+        if !c.sandbox_id.is_empty() {
+            let _ = std::fs::remove_dir_all(self.settings.log_dir(ns, &c.sandbox_id));
+        }
+    }
+
+    /// Launches a shim for `id` (a container's or a pod's) in `dir`.
     async fn start_shim(
         &self,
         ns: &str,
@@ -733,12 +847,14 @@ impl Manager {
             id: id.to_owned(),
             reason,
         };
+        let log_dir = self.settings.log_dir(ns, id);
+        std::fs::create_dir_all(&log_dir).map_err(Error::io(&log_dir))?;
         let mut cmd = tokio::process::Command::new(&self.settings.shim);
         cmd.args(["--namespace", ns, "--id", id, "--runtime", runtime])
             .arg("--socket-dir")
             .arg(dir)
             .arg("--log")
-            .arg(self.settings.log_dir(ns, id).join("shim.log"))
+            .arg(log_dir.join("shim.log"))
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
         let out = tokio::time::timeout(SHIM_START_TIMEOUT, cmd.output())
@@ -787,14 +903,39 @@ impl Manager {
         })
     }
 
+    /// Starts following the events of a shim unless a relay does already.
+    fn follow(self: &Arc<Self>, conn: &Arc<ShimConn>) {
+        if !conn.followed.swap(true, Ordering::SeqCst) {
+            let after = conn.seq.load(Ordering::SeqCst);
+            tokio::spawn(self.clone().relay(conn.clone(), after));
+        }
+    }
+
+    /// Follows every connected shim that no relay follows yet (after recovery).
+    pub fn follow_all(self: &Arc<Self>) {
+        let all: Vec<Arc<ShimConn>> = lock(&self.shims).values().cloned().collect();
+        for conn in all {
+            self.follow(&conn);
+        }
+    }
+
+    /// The live task of container `id` in the shim `conn`.
+    fn member(&self, conn: &Arc<ShimConn>, id: &str) -> Option<Arc<Task>> {
+        lock(&self.tasks)
+            .get(&key(&conn.ns, id))
+            .filter(|t| Arc::ptr_eq(&t.conn, conn))
+            .cloned()
+    }
+
     /// Follows a shim's events from `after`: relays them, records exits, applies restart
-    /// policies; when the stream ends without the service deleting the task, the shim is
-    /// gone and the task is cleaned up.
-    async fn relay(self: Arc<Self>, task: Arc<Task>, after: u64) {
+    /// policies; when the stream ends while the shim still has tasks the service is not
+    /// deleting, the shim is gone and they are cleaned up.
+    async fn relay(self: Arc<Self>, conn: Arc<ShimConn>, after: u64) {
         let mut seq = after;
         for _ in 0..RESUBSCRIBE_ATTEMPTS {
-            let stream = task
-                .shim()
+            let stream = conn
+                .client
+                .clone()
                 .events(shim::EventsRequest {
                     after_sequence: seq,
                 })
@@ -803,27 +944,33 @@ impl Manager {
                 let mut stream = stream.into_inner();
                 while let Ok(Some(msg)) = stream.message().await {
                     seq = msg.sequence;
+                    conn.seq.store(seq, Ordering::SeqCst);
                     if let Some(envelope) = msg.envelope {
-                        self.handle_event(&task, &envelope).await;
+                        self.handle_event(&conn, &envelope).await;
                         self.events.send(envelope);
                     }
-                    if !task.deleting.load(Ordering::SeqCst) {
-                        let _ = self.store.update_task(&task.ns, &task.id, |r| {
-                            if let Some(l) = &mut r.live {
-                                l.event_seq = seq;
-                            }
-                        });
+                    let ids: Vec<String> = conn
+                        .members()
+                        .into_iter()
+                        .filter(|id| {
+                            self.member(&conn, id)
+                                .is_some_and(|t| !t.deleting.load(Ordering::SeqCst))
+                        })
+                        .collect();
+                    if let Err(e) = self.store.record_event_seq(&conn.ns, &ids, seq) {
+                        tracing::warn!(error = %e, "cannot record the shim's event sequence");
                     }
                 }
             }
-            if task.deleting.load(Ordering::SeqCst) {
+            let members = conn.members();
+            if members.is_empty() {
                 return;
             }
             // The stream ended: follow it again if the shim still answers.
             let alive = tokio::time::timeout(
                 Duration::from_secs(2),
-                task.shim().connect_shim(shim::ConnectShimRequest {
-                    id: task.id.clone(),
+                conn.client.clone().connect_shim(shim::ConnectShimRequest {
+                    id: members[0].clone(),
                 }),
             )
             .await
@@ -833,33 +980,57 @@ impl Manager {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        if !task.deleting.load(Ordering::SeqCst) {
-            let _guard = self.lock_container(&task.ns, &task.id).await;
-            let current = lock(&self.tasks)
-                .get(&key(&task.ns, &task.id))
-                .is_some_and(|t| Arc::ptr_eq(t, &task));
-            if current && !task.deleting.load(Ordering::SeqCst) {
-                tracing::warn!(ns = %task.ns, id = %task.id, "the shim went away");
-                lock(&self.tasks).remove(&key(&task.ns, &task.id));
-                let record = self.store.task(&task.ns, &task.id).unwrap_or_default();
-                if let Some(live) = record.live {
-                    self.clean_dead(&task.ns, &task.id, &live).await;
-                    for io in lock(&task.io).values() {
-                        io.exited(Exit {
-                            code: 255,
-                            at_ns: now_ns(),
-                            ..Default::default()
-                        });
-                    }
-                    task.running.send_replace(false);
-                    drop(_guard);
-                    self.after_exit(&task.ns, &task.id, 255, Duration::ZERO);
+        self.forget_shim(&conn);
+        for id in conn.members() {
+            self.shim_gone(&conn, &id).await;
+        }
+    }
+
+    /// Cleans up the task of container `id` after its shim went away, unless the service is
+    /// deleting it.
+    async fn shim_gone(self: &Arc<Self>, conn: &Arc<ShimConn>, id: &str) {
+        let ns = conn.ns.as_str();
+        let Some(task) = self.member(conn, id) else {
+            lock(&conn.members).remove(id);
+            return;
+        };
+        if task.deleting.load(Ordering::SeqCst) {
+            return;
+        }
+        let _guard = self.lock_container(ns, id).await;
+        let current = self
+            .member(conn, id)
+            .is_some_and(|t| Arc::ptr_eq(&t, &task));
+        if current && !task.deleting.load(Ordering::SeqCst) {
+            tracing::warn!(%ns, %id, "the shim went away");
+            lock(&self.tasks).remove(&key(ns, id));
+            lock(&conn.members).remove(id);
+            let record = self.store.task(ns, id).unwrap_or_default();
+            if let Some(live) = record.live {
+                self.clean_dead(ns, id, &live).await;
+                for io in lock(&task.io).values() {
+                    io.exited(Exit {
+                        code: 255,
+                        at_ns: now_ns(),
+                        ..Default::default()
+                    });
                 }
+                task.running.send_replace(false);
+                drop(_guard);
+                self.after_exit(ns, id, 255, Duration::ZERO);
             }
         }
     }
 
-    async fn handle_event(self: &Arc<Self>, task: &Arc<Task>, envelope: &Envelope) {
+    async fn handle_event(self: &Arc<Self>, conn: &Arc<ShimConn>, envelope: &Envelope) {
+        let id = match &envelope.event {
+            Some(Event::TaskStart(e)) => &e.container_id,
+            Some(Event::TaskExit(e)) => &e.container_id,
+            _ => return,
+        };
+        let Some(task) = self.member(conn, id) else {
+            return;
+        };
         match &envelope.event {
             Some(Event::TaskStart(_)) => {
                 task.running.send_replace(true);
@@ -1065,6 +1236,7 @@ impl Manager {
                 Ok((0, record.last_exit.unwrap_or_default()))
             }
             Lookup::Live(task) => {
+                let _shim_guard = self.lock_shim(&task.conn.dir).await;
                 task.deleting.store(true, Ordering::SeqCst);
                 let resp = task
                     .shim()
@@ -1099,6 +1271,11 @@ impl Manager {
                     }
                 };
                 lock(&self.tasks).remove(&key(ns, id));
+                let last = {
+                    let mut members = lock(&task.conn.members);
+                    members.remove(id);
+                    members.is_empty()
+                };
                 for io in lock(&task.io).values() {
                     io.exited(exit);
                 }
@@ -1112,7 +1289,15 @@ impl Manager {
                     network::teardown(&self.settings.socket(Service::Network), ns, id, &attached)
                         .await;
                 }
-                wait_gone(&self.settings.shim_dir(ns, id)).await;
+                if last {
+                    // The shim exits after its last task.
+                    wait_gone(&task.conn.dir).await;
+                    self.forget_shim(&task.conn);
+                    self.release_shim_lock(&task.conn.dir);
+                    if let Ok(Some(c)) = self.store.container(ns, id) {
+                        self.remove_shim_log(ns, &c);
+                    }
+                }
                 remove_bundle(&task.bundle);
                 self.store.update_task(ns, id, |r| {
                     r.live = None;
@@ -1153,7 +1338,18 @@ impl Manager {
         };
         network::teardown(&self.settings.socket(Service::Network), ns, id, &attached).await;
         remove_bundle(&live.bundle);
-        let _ = std::fs::remove_dir_all(&live.shim_dir);
+        // A pod's shim directory is shared: kept while its shim runs or another of its
+        // tasks still needs the runtime state in it.
+        let shared = lock(&self.shims).contains_key(&live.shim_dir)
+            || self.store.live_tasks().is_ok_and(|all| {
+                all.iter().any(|(n, other, r)| {
+                    (n != ns || other != id)
+                        && r.live.as_ref().is_some_and(|l| l.shim_dir == live.shim_dir)
+                })
+            });
+        if !shared {
+            let _ = std::fs::remove_dir_all(&live.shim_dir);
+        }
         let exit = Exit {
             code: 255,
             signal: 0,
@@ -1452,11 +1648,18 @@ impl Manager {
 
     // ----- recovery -----
 
-    /// Reconnects to the shim of a recorded task; returns false if it is gone.
+    /// Reconnects to the shim of a recorded task; returns false if it is gone. Its events
+    /// are followed once [`Manager::follow_all`] is called.
     pub async fn reconnect(self: &Arc<Self>, ns: &str, id: &str, live: &LiveTask) -> bool {
-        let Ok(mut client) = self.connect_shim(ns, &live.shim_dir).await else {
-            return false;
+        let existing = lock(&self.shims).get(&live.shim_dir).cloned();
+        let conn = match existing {
+            Some(conn) => conn,
+            None => match self.connect_shim(ns, &live.shim_dir).await {
+                Ok(client) => ShimConn::new(ns, &live.shim_dir, client, live.event_seq),
+                Err(_) => return false,
+            },
         };
+        let mut client = conn.client.clone();
         let connected = client
             .connect_shim(shim::ConnectShimRequest { id: id.to_owned() })
             .await;
@@ -1496,7 +1699,7 @@ impl Manager {
         let task = Arc::new(Task {
             ns: ns.to_owned(),
             id: id.to_owned(),
-            shim: client,
+            conn: conn.clone(),
             bundle: live.bundle.clone(),
             io: Mutex::new(ios),
             deleting: AtomicBool::new(false),
@@ -1515,8 +1718,11 @@ impl Manager {
             }
             let _ = self.store.update_task(ns, id, |r| r.last_exit = Some(exit));
         }
-        lock(&self.tasks).insert(key(ns, id), task.clone());
-        tokio::spawn(self.clone().relay(task, live.event_seq));
+        lock(&conn.members).insert(id.to_owned());
+        lock(&self.shims)
+            .entry(live.shim_dir.clone())
+            .or_insert(conn);
+        lock(&self.tasks).insert(key(ns, id), task);
         true
     }
 

@@ -193,6 +193,14 @@ fn namespaces(spec: &mut Value) -> &mut Vec<Value> {
 }
 
 /// Sets (Some) or removes (None) the spec's network namespace; `Some("")` = a new one.
+/// True if the spec joins an existing network namespace by path.
+fn joins_netns(spec: &Value) -> bool {
+    spec["linux"]["namespaces"].as_array().is_some_and(|list| {
+        list.iter()
+            .any(|n| n["type"] == "network" && n["path"].as_str().is_some_and(|p| !p.is_empty()))
+    })
+}
+
 fn set_netns(spec: &mut Value, path: Option<&str>) {
     let list = namespaces(spec);
     list.retain(|n| n["type"] != "network");
@@ -256,6 +264,11 @@ pub async fn setup(
                 "/etc/resolv.conf",
                 true,
             );
+            Ok(Attached::default())
+        }
+        // A spec that joins a network namespace by path (a pod's, set up by the CRI) is
+        // kept as it is: namespaces, hostname and /etc files are the pod's.
+        Mode::None if !container.extensions.contains_key(EXTENSION) && joins_netns(spec) => {
             Ok(Attached::default())
         }
         Mode::None => {

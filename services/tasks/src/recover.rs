@@ -30,6 +30,7 @@ pub async fn recover(manager: &Arc<Manager>) -> Result<()> {
             dead.push((ns, id, live));
         }
     }
+    manager.follow_all();
     if !dead.is_empty() {
         let manager = manager.clone();
         tokio::spawn(async move {

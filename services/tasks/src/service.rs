@@ -223,6 +223,15 @@ impl Tasks for TasksService {
         Ok(Response::new(api::CloseIoResponse {}))
     }
 
+    async fn reopen_log(&self, r: Request<api::ReopenLogRequest>) -> Rpc<api::ReopenLogResponse> {
+        let ns = ns(&r)?;
+        let (id, mut shim) = self.manager.shim_of(&ns, &r.into_inner().container_id)?;
+        shim.reopen_log(shim::ReopenLogRequest { id })
+            .await
+            .map_err(remote("reopen the log"))?;
+        Ok(Response::new(api::ReopenLogResponse {}))
+    }
+
     async fn pids(&self, r: Request<api::PidsRequest>) -> Rpc<api::PidsResponse> {
         let ns = ns(&r)?;
         let (id, mut shim) = self.manager.shim_of(&ns, &r.into_inner().container_id)?;

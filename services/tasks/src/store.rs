@@ -287,6 +287,33 @@ impl Store {
         Ok(record)
     }
 
+    /// Records `seq` as the last shim event handled for the live tasks `ids`, in one
+    /// transaction that is not synced to disk on its own (the next durable commit persists
+    /// it): after a crash, recovery may replay a few events the shim still keeps, which
+    /// handling them again tolerates.
+    pub fn record_event_seq(&self, ns: &str, ids: &[String], seq: u64) -> Result<()> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::None)
+            .map_err(|e| Error::Database(e.into()))?;
+        {
+            let mut table = txn.open_table(TASKS)?;
+            for id in ids {
+                let found = table
+                    .get((ns, id.as_str()))?
+                    .map(|v| decode_task(ns, id, v.value()))
+                    .transpose()?;
+                if let Some(mut record) = found
+                    && let Some(live) = &mut record.live
+                {
+                    live.event_seq = seq;
+                    table.insert((ns, id.as_str()), encode_task(&record).as_str())?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Every task record with a live task, in every namespace.
     pub fn live_tasks(&self) -> Result<Vec<(String, String, TaskRecord)>> {
         let txn = self.db.begin_read()?;
