@@ -825,32 +825,12 @@ impl PsRow {
     }
 }
 
-/// Renders a Go-template-like format: `{{.Field}}` (also `{{ .Field }}`), `\t`, `\n`, a
-/// leading `table ` for a header line, and `{{json .}}`.
+/// Renders a `--format` template for one row (see [`output::render`]).
 fn render(template: &str, row: &PsRow) -> anyhow::Result<String> {
-    let mut out = String::new();
-    let mut rest = template;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let end = rest[start..]
-            .find("}}")
-            .with_context(|| format!("invalid format {template:?}: unclosed {{{{"))?;
-        let inner = rest[start + 2..start + end].trim();
-        if inner == "json ." {
-            out.push_str(&serde_json::to_string(&row.json())?);
-        } else {
-            let name = inner
-                .strip_prefix('.')
-                .with_context(|| format!("invalid format field {inner:?}: expected .Name"))?;
-            let value = row.field(name, false).with_context(|| {
-                format!("unknown format field {name:?}: try ID, Image, Command, CreatedAt, RunningFor, Status, State, Ports, Names, Labels, Size, Networks")
-            })?;
-            out.push_str(&value);
-        }
-        rest = &rest[start + end + 2..];
-    }
-    out.push_str(rest);
-    Ok(out.replace("\\t", "\t").replace("\\n", "\n"))
+    let Value::Object(fields) = row.json() else {
+        return Ok(String::new());
+    };
+    output::render(template, &fields)
 }
 
 /// `berthctl ps` arguments.
@@ -956,25 +936,13 @@ pub async fn ps(ctx: &Context, args: PsArgs) -> anyhow::Result<ExitCode> {
             println!("{}", output::json(&all)?);
         }
         Some(template) if template != "table" => {
-            let (header, template) = match template.strip_prefix("table ") {
-                Some(t) => (true, t),
-                None => (false, template),
-            };
-            if header {
-                let mut names = Vec::new();
-                let mut rest = template;
-                while let Some(s) = rest.find("{{") {
-                    let Some(e) = rest[s..].find("}}") else { break };
-                    names.push(
-                        rest[s + 2..s + e]
-                            .trim()
-                            .trim_start_matches('.')
-                            .to_uppercase(),
-                    );
-                    rest = &rest[s + e + 2..];
+            let template = match output::table_template(template) {
+                Some((header, template)) => {
+                    println!("{header}");
+                    template
                 }
-                println!("{}", names.join("\t"));
-            }
+                None => template,
+            };
             for r in &rows {
                 println!("{}", render(template, r)?);
             }

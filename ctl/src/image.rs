@@ -30,10 +30,8 @@ const INDEX_TYPES: [&str; 2] = [
 
 #[derive(clap::Args)]
 pub struct ImagesArgs {
-    /// Show all images (Docker hides intermediate build images by default; berth keeps none,
-    /// so this lists the same images).
+    /// Show all images, the build cache's records (`berth.internal/build-cache`) included.
     #[arg(long, short = 'a')]
-    #[allow(dead_code)]
     all: bool,
     /// Only show image IDs.
     #[arg(long, short = 'q')]
@@ -60,17 +58,8 @@ pub enum ImageCommand {
     },
     /// Remove images (their content is garbage collected once nothing references it).
     Rm(RmArgs),
-    /// Show the history of an image (from its config).
-    History {
-        /// Do not truncate the CREATED BY column.
-        #[arg(long)]
-        no_trunc: bool,
-        /// Only show image IDs.
-        #[arg(long, short = 'q')]
-        quiet: bool,
-        /// Image name.
-        name: String,
-    },
+    /// Show the history of an image (from its config), newest first.
+    History(HistoryArgs),
     /// Save images to a tar archive (the same as `berthctl save`).
     Save(crate::archive::SaveArgs),
     /// Load images from an archive (the same as `berthctl load`).
@@ -89,6 +78,25 @@ pub enum ImageCommand {
 }
 
 #[derive(clap::Args)]
+pub struct HistoryArgs {
+    /// Do not truncate the IMAGE and CREATED BY columns.
+    #[arg(long)]
+    no_trunc: bool,
+    /// Only show image IDs.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+    /// Print sizes and dates in human-readable form (`--human=false`: bytes and RFC 3339).
+    #[arg(long, short = 'H', default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    human: bool,
+    /// Output: `json`, `table`, or a template like `{{.ID}}\t{{.CreatedBy}}` (fields ID,
+    /// CreatedSince, CreatedAt, CreatedBy, Size, Comment).
+    #[arg(long)]
+    format: Option<String>,
+    /// Image name.
+    name: String,
+}
+
+#[derive(clap::Args)]
 pub struct RmArgs {
     /// Remove the image even if containers use it, and every name of an image given by ID.
     #[arg(long, short = 'f')]
@@ -104,7 +112,7 @@ impl ImageCommand {
             ImageCommand::Images(_) => "images",
             ImageCommand::Inspect { .. } => "image inspect",
             ImageCommand::Rm(_) => "rmi",
-            ImageCommand::History { .. } => "image history",
+            ImageCommand::History(_) => "image history",
             ImageCommand::Prune { .. } => "image prune",
             ImageCommand::Save(_) => "image save",
             ImageCommand::Load(_) => "image load",
@@ -145,11 +153,7 @@ pub async fn run(ctx: &Context, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
             println!("{}", output::json(&out)?);
         }
         ImageCommand::Rm(args) => remove(ctx, &mut c, args).await?,
-        ImageCommand::History {
-            no_trunc,
-            quiet,
-            name,
-        } => history(ctx, &mut c, &name, no_trunc, quiet).await?,
+        ImageCommand::History(args) => history(ctx, &mut c, args).await?,
         ImageCommand::Prune { all, force } => prune(ctx, &mut c, all, force).await?,
         ImageCommand::Save(_) | ImageCommand::Load(_) | ImageCommand::Import(_) => {
             unreachable!("handled above")
@@ -341,6 +345,9 @@ async fn list(ctx: &Context, c: &mut Clients, args: ImagesArgs) -> anyhow::Resul
         .images;
     let mut rows = Vec::new();
     for image in images {
+        if !args.all && berth_build::exec::is_cache_record(&image.name) {
+            continue;
+        }
         let (repository, tag, digest) = split_name(&image.name);
         if !keep.iter().all(|k| k(&repository, &tag, &digest)) {
             continue;
@@ -649,41 +656,31 @@ async fn prune(ctx: &Context, c: &mut Clients, all: bool, force: bool) -> anyhow
     Ok(())
 }
 
-/// `berthctl image history NAME`: the config's history, newest first, Docker's columns.
-async fn history(
-    ctx: &Context,
-    c: &mut Clients,
-    name: &str,
-    no_trunc: bool,
-    quiet: bool,
-) -> anyhow::Result<()> {
-    let image = get(&mut c.images, name).await?;
+/// `berthctl image history NAME`: the config's history, newest first, Docker's columns; an
+/// entry that made a layer shows that layer's (compressed) size from the manifest.
+async fn history(ctx: &Context, c: &mut Clients, args: HistoryArgs) -> anyhow::Result<()> {
+    let image = get(&mut c.images, &args.name).await?;
     let target = image.target.clone().unwrap_or_default();
     let r = resolve(&mut c.content, &target).await?;
-    let layers: Vec<i64> = r.manifest["layers"]
+    let mut layers = r.manifest["layers"]
         .as_array()
-        .map(|l| {
-            l.iter()
-                .map(|d| d["size"].as_i64().unwrap_or_default())
-                .collect()
+        .into_iter()
+        .flatten()
+        .map(|d| d["size"].as_i64().unwrap_or_default());
+    let mut rows: Vec<(Value, i64)> = r.config["history"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|h| {
+            let size = match h["empty_layer"].as_bool().unwrap_or(false) {
+                true => 0,
+                false => layers.next().unwrap_or_default(),
+            };
+            (h.clone(), size)
         })
-        .unwrap_or_default();
-    let entries = r.config["history"].as_array().cloned().unwrap_or_default();
-    let mut rows = Vec::new();
-    let mut layer = 0;
-    for h in &entries {
-        let empty = h["empty_layer"].as_bool().unwrap_or(false);
-        let size = match empty {
-            true => 0,
-            false => {
-                layer += 1;
-                layers.get(layer - 1).copied().unwrap_or_default()
-            }
-        };
-        rows.push((h, size));
-    }
+        .collect();
     rows.reverse();
-    let id = match no_trunc {
+    let id = match args.no_trunc {
         true => r.config_digest.clone(),
         false => short_id(&r.config_digest),
     };
@@ -696,27 +693,52 @@ async fn history(
             .as_str()
             .unwrap_or_default()
             .replace('\t', " ");
-        let created_by = match no_trunc || created_by.chars().count() <= 45 {
+        let created_by = match args.no_trunc || created_by.chars().count() <= 45 {
             true => created_by,
             false => format!("{}…", created_by.chars().take(44).collect::<String>()),
         };
+        let since = match args.human {
+            true => created.map(ago).unwrap_or_default(),
+            false => h["created"].as_str().unwrap_or_default().to_owned(),
+        };
+        let size = match args.human {
+            true => human_size(*size),
+            false => size.to_string(),
+        };
         out.push(json!({
             "ID": if i == 0 { id.clone() } else { "<missing>".into() },
-            "CreatedSince": created.map(ago).unwrap_or_default(),
+            "CreatedSince": since,
             "CreatedAt": h["created"],
             "CreatedBy": created_by,
-            "Size": human_size(*size),
+            "Size": size,
             "Comment": h["comment"].as_str().unwrap_or_default(),
         }));
     }
-    match ctx.output {
-        Output::Json => println!("{}", output::json(&out)?),
-        Output::Table if quiet => {
+    let format = args.format.as_deref().or(match ctx.output {
+        Output::Json => Some("json"),
+        Output::Table => None,
+    });
+    match format {
+        _ if args.quiet => {
             for row in &out {
                 println!("{}", row["ID"].as_str().unwrap_or_default());
             }
         }
-        Output::Table => {
+        Some("json") => println!("{}", output::json(&out)?),
+        Some(template) if template != "table" => {
+            let template = match output::table_template(template) {
+                Some((header, template)) => {
+                    println!("{header}");
+                    template
+                }
+                None => template,
+            };
+            for row in &out {
+                let Value::Object(fields) = row else { continue };
+                println!("{}", output::render(template, fields)?);
+            }
+        }
+        _ => {
             let cell = |row: &Value, k: &str| row[k].as_str().unwrap_or_default().to_owned();
             let table = output::table(
                 &["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"],

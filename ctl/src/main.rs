@@ -2,12 +2,17 @@
 
 mod archive;
 mod attach;
+mod build;
+mod commit;
 mod completion;
 mod container;
 mod content;
 mod context;
+mod cp;
+mod diff;
 mod events;
 mod exec;
+mod export;
 mod image;
 mod info;
 mod logs;
@@ -155,6 +160,19 @@ enum Command {
     /// The content store (low level).
     #[command(subcommand)]
     Content(content::ContentCommand),
+    /// Build an image from a Dockerfile.
+    Build(build::BuildArgs),
+    /// Manage the build cache.
+    #[command(subcommand)]
+    Builder(build::BuilderCommand),
+    /// Show a container's changes to its image (A added, C changed, D deleted).
+    Diff(diff::DiffArgs),
+    /// Write a container's filesystem as a tar archive.
+    Export(export::ExportArgs),
+    /// Copy files between a container and the local filesystem.
+    Cp(cp::CpArgs),
+    /// Create a new image from a container's changes.
+    Commit(commit::CommitArgs),
 }
 
 impl Command {
@@ -203,6 +221,12 @@ impl Command {
             Command::Logout(_) => "logout",
             Command::Search(_) => "search",
             Command::Content(cmd) => cmd.name(),
+            Command::Build(_) => "build",
+            Command::Builder(cmd) => cmd.name(),
+            Command::Diff(_) => "diff",
+            Command::Export(_) => "export",
+            Command::Cp(_) => "cp",
+            Command::Commit(_) => "commit",
         }
     }
 }
@@ -289,6 +313,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Command::Logout(args) => registry::logout(&ctx, args).await,
                 Command::Search(args) => registry::search(&ctx, args).await,
                 Command::Content(cmd) => content::run(&ctx, cmd).await,
+                Command::Build(args) => build::build(&ctx, args).await,
+                Command::Builder(cmd) => build::builder(&ctx, cmd).await,
+                Command::Diff(args) => diff::diff(&ctx, args).await,
+                Command::Export(args) => export::export(&ctx, args).await,
+                Command::Cp(args) => cp::cp(&ctx, args).await,
+                Command::Commit(args) => commit::commit(&ctx, args).await,
             }
         }
         .instrument(span),
