@@ -85,6 +85,95 @@ pub struct Config {
     pub tasks: TasksConfig,
     /// The images service.
     pub images: ImagesConfig,
+    /// The cri service.
+    pub cri: CriConfig,
+}
+
+/// CRI facade settings (`[cri]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CriConfig {
+    /// Address the streaming server (exec, attach, port-forward URLs) listens on.
+    pub stream_address: String,
+    /// Port of the streaming server; 0 = any free port.
+    pub stream_port: u16,
+    /// Seconds a PullImage may go without receiving a byte before it fails (time spent
+    /// unpacking layers does not count); 0 = no limit.
+    pub pull_progress_timeout: u64,
+    /// Runtime of pods whose runtime handler is empty: "runc", "crun", "builtin", or empty
+    /// for `[tasks] runtime`.
+    pub default_runtime: String,
+    /// The berth network pod sandboxes join: "bridge" (the predefined network) or the name of
+    /// a network created beforehand, e.g. one with driver "cni" to run CNI plugins.
+    pub pod_network: String,
+    /// Cgroup driver reported to the kubelet: "cgroupfs" or "systemd".
+    pub cgroup_driver: String,
+}
+
+impl Default for CriConfig {
+    fn default() -> Self {
+        CriConfig {
+            stream_address: "127.0.0.1".into(),
+            stream_port: 0,
+            pull_progress_timeout: 60,
+            default_runtime: String::new(),
+            pod_network: "bridge".into(),
+            cgroup_driver: "cgroupfs".into(),
+        }
+    }
+}
+
+impl CriConfig {
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        if self.stream_address.parse::<std::net::IpAddr>().is_err() {
+            return Err(invalid(
+                origin,
+                "cri.stream_address",
+                format!("{:?} is not an IP address", self.stream_address),
+            ));
+        }
+        if self.pull_progress_timeout > 86_400 {
+            return Err(invalid(
+                origin,
+                "cri.pull_progress_timeout",
+                format!(
+                    "{} is out of range 0..=86400 seconds",
+                    self.pull_progress_timeout
+                ),
+            ));
+        }
+        if !matches!(
+            self.default_runtime.as_str(),
+            "" | "runc" | "crun" | "builtin"
+        ) {
+            return Err(invalid(
+                origin,
+                "cri.default_runtime",
+                format!(
+                    "{:?} is not a runtime: use runc, crun, builtin or \"\"",
+                    self.default_runtime
+                ),
+            ));
+        }
+        if self.pod_network.is_empty() {
+            return Err(invalid(
+                origin,
+                "cri.pod_network",
+                "is empty: name a berth network, e.g. \"bridge\"".into(),
+            ));
+        }
+        if !matches!(self.cgroup_driver.as_str(), "cgroupfs" | "systemd") {
+            return Err(invalid(
+                origin,
+                "cri.cgroup_driver",
+                format!(
+                    "{:?} is not a cgroup driver: use cgroupfs or systemd",
+                    self.cgroup_driver
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Images service settings (`[images]`).
@@ -442,6 +531,7 @@ impl Default for Config {
             snapshots: SnapshotsConfig::default(),
             tasks: TasksConfig::default(),
             images: ImagesConfig::default(),
+            cri: CriConfig::default(),
         }
     }
 }
@@ -559,6 +649,7 @@ impl Config {
         self.network.validate(origin)?;
         self.tasks.validate(origin)?;
         self.images.validate(origin)?;
+        self.cri.validate(origin)?;
         if !(1..=3600).contains(&self.shutdown_timeout) {
             return Err(invalid(
                 origin,
@@ -681,6 +772,13 @@ mod tests {
                 "[network]\ndns_upstreams = [\"nope\"]",
                 "`network.dns_upstreams`",
             ),
+            ("[cri]\nstream_address = \"lo\"", "`cri.stream_address`"),
+            ("[cri]\nstream_port = 70000", "`cri.stream_port`"),
+            (
+                "[cri]\npull_progress_timeout = 100000",
+                "`cri.pull_progress_timeout`",
+            ),
+            ("[cri]\ndefault_runtime = \"kata\"", "`cri.default_runtime`"),
         ] {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");
@@ -721,6 +819,11 @@ mod tests {
             "max_layer_size =",
             "credentials_file =",
             "read_timeout =",
+            "[cri]",
+            "stream_address =",
+            "stream_port =",
+            "pull_progress_timeout =",
+            "default_runtime =",
         ] {
             assert!(text.contains(key), "deploy/config.toml lacks {key}");
         }

@@ -3,11 +3,15 @@
 
 pub mod bench;
 pub mod cleanup;
+pub mod cri;
+pub mod cri_stream;
+pub mod ctl_env;
 pub mod fixtures;
 pub mod harness;
 pub mod host;
 pub mod images_api;
 pub mod snapshots_api;
+pub mod spdy;
 pub mod tree;
 
 pub use harness::{Berth, Mode, Options};

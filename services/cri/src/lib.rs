@@ -34,6 +34,16 @@ pub struct Cri {
     pub config: Config,
     /// The cri service's persistent root (`<root>/cri`).
     pub root: PathBuf,
+    /// The cri service's database (`<root>/cri/meta.redb`); each module keeps its own tables.
+    pub db: Arc<redb::Database>,
+    /// The pod sandbox records.
+    pub sandboxes: sandbox::Sandboxes,
+    /// The CRI's view of the images service.
+    pub images: images::Images,
+    /// The streaming server of Exec, Attach and PortForward.
+    pub streaming: Arc<streaming::Streaming>,
+    /// The containers side's channels, locks, stats samples and event subscribers.
+    pub containers: container::State,
 }
 
 impl Cri {
@@ -41,14 +51,38 @@ impl Cri {
     pub fn socket(&self, service: Service) -> PathBuf {
         service.socket(&self.config.state)
     }
+
+    /// A channel to another berth service, for calls in [`NAMESPACE`]; Unavailable if it does
+    /// not answer.
+    pub async fn connect(
+        &self,
+        service: Service,
+    ) -> Result<berth_api::client::Channel, tonic::Status> {
+        berth_api::client::connect(&self.socket(service), NAMESPACE)
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("{service} service: {e}")))
+    }
 }
 
 /// The cri service's gRPC routes, ready to be served on its socket.
 pub fn hosted(config: &Config) -> anyhow::Result<Hosted> {
+    let root = config.service_root(Service::Cri.name());
+    std::fs::create_dir_all(&root)?;
+    let db = Arc::new(redb::Database::create(root.join("meta.redb"))?);
+    let sandboxes = sandbox::Sandboxes::open(db.clone())?;
+    let orphans = sandbox::lifecycle::sweep_orphans(&config.state, &sandboxes)?;
+    let (stream_server, stream_listener) = streaming::Streaming::bind(&config.cri)?;
     let cri = Arc::new(Cri {
         config: config.clone(),
-        root: config.service_root(Service::Cri.name()),
+        root,
+        db,
+        sandboxes,
+        images: images::Images::new(config),
+        streaming: Arc::new(stream_server),
+        containers: container::State::default(),
     });
+    sandbox::lifecycle::release_orphans(cri.clone(), orphans);
+    streaming::Streaming::spawn(stream_listener, cri.clone())?;
     let routes = tonic::service::Routes::new(RuntimeServiceServer::new(runtime::RuntimeApi::new(
         cri.clone(),
     )))
