@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs berth's benchmarks (release profile) beside the reference tools measured in the same run
 # (Debian's containerd, runc, crun, CNI plugins), as root. Not part of CI: `tests/run.sh` is.
-# Usage: tests/bench.sh [images|snapshots|runtime|shim|tasks|network|workflow]... (default: all)
+# Usage: tests/bench.sh [images|snapshots|runtime|shim|tasks|network|workflow|build|cri]... (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,7 +10,8 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 packages=(busybox-static docker-registry skopeo umoci runc crun containerd
-          containernetworking-plugins nftables iproute2 python3 podman bsdextrautils)
+          containernetworking-plugins nftables iproute2 python3 podman bsdextrautils
+          buildah)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -21,7 +22,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 benches=("$@")
-[ ${#benches[@]} -gt 0 ] || benches=(images snapshots runtime shim tasks network workflow)
+[ ${#benches[@]} -gt 0 ] || benches=(images snapshots runtime shim tasks network workflow build cri)
 cargo build --release --workspace --locked
 # Each bench prints its details, and one `SUMMARY<TAB>metric<TAB>berth<TAB>reference<TAB>ratio<TAB>target`
 # line per headline figure; the summaries of every bench are printed as one table at the end.
