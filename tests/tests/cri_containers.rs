@@ -1,9 +1,9 @@
 //! End-to-end tests of the containers side of the CRI RuntimeService: two containers of one pod
 //! sharing network, ipc and uts; lifecycle and status fields; exit codes, StartError and
-//! OOMKilled; ExecSync output, exit code and timeout; logs in the CRI format at the requested
-//! path and ReopenContainerLog; UpdateContainerResources in the cgroup; stats; the security
-//! context; seccomp localhost profiles; every bad input; idempotent stop and remove; the events
-//! stream. Each test runs its own berth and removes everything it made.
+//! OOMKilled; the pod's shared /dev/shm; ExecSync output, exit code and timeout; logs in the CRI
+//! format at the requested path and ReopenContainerLog; UpdateContainerResources in the cgroup;
+//! stats; the security context; seccomp localhost profiles; every bad input; idempotent stop and
+//! remove; the events stream. Each test runs its own berth and removes everything it made.
 
 use std::time::{Duration, Instant};
 
@@ -1063,6 +1063,42 @@ fn bad_input_and_events() {
     env.remove(&unknown).unwrap();
     assert_eq!(code(env.exec(&first, &[], 1)).0, Code::InvalidArgument);
     let mut rt = env.rt.clone();
+    // The per-container calls name the unknown or empty id they were given.
+    for id in [unknown.as_str(), ""] {
+        let stats = env
+            .cri
+            .block_on(rt.container_stats(cri::ContainerStatsRequest {
+                container_id: id.to_owned(),
+            }));
+        let update = env.cri.block_on(rt.update_container_resources(
+            cri::UpdateContainerResourcesRequest {
+                container_id: id.to_owned(),
+                linux: Some(cri::LinuxContainerResources {
+                    memory_limit_in_bytes: 64 << 20,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ));
+        let reopen = env
+            .cri
+            .block_on(rt.reopen_container_log(cri::ReopenContainerLogRequest {
+                container_id: id.to_owned(),
+            }));
+        for (call, (c, m)) in [
+            ("ContainerStats", code(stats)),
+            ("UpdateContainerResources", code(update)),
+            ("ReopenContainerLog", code(reopen)),
+        ] {
+            let expected = if id.is_empty() {
+                Code::InvalidArgument
+            } else {
+                Code::NotFound
+            };
+            assert_eq!(c, expected, "{call} {id:?}: {m}");
+            assert!(id.is_empty() || m.contains(id), "{call}: {m}");
+        }
+    }
     let checkpoint = env
         .cri
         .block_on(rt.checkpoint_container(cri::CheckpointContainerRequest {
@@ -1107,5 +1143,109 @@ fn bad_input_and_events() {
             E::ContainerDeletedEvent
         ]
     );
+    env.finish();
+}
+
+/// The pod's /dev/shm: a tmpfs of the pod (64 MiB, mode 1777, nosuid, nodev, noexec) that its
+/// containers share, and another pod's containers do not see; a pod in the host's ipc namespace
+/// gets none; RemovePodSandbox unmounts it.
+#[test]
+fn pod_containers_share_dev_shm() {
+    let env = Env::start("10.207.0.0");
+    let (pod, pod_config) = env.pod("shm");
+    let writer = env.run(&pod, &pod_config, sleeper("writer"));
+    let reader = env.run(&pod, &pod_config, sleeper("reader"));
+    let (other_pod, other_config) = env.pod("shm-other");
+    let other = env.run(&other_pod, &other_config, sleeper("other"));
+
+    let mut rt = env.rt.clone();
+    let mut record = |id: &str| -> Value {
+        let resp = env
+            .cri
+            .block_on(rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.to_owned(),
+                verbose: true,
+            }))
+            .unwrap()
+            .into_inner();
+        let info: Value = serde_json::from_str(&resp.info["info"]).unwrap();
+        info["config"].clone()
+    };
+    let shm_path = record(&pod)["shm_path"].as_str().unwrap().to_owned();
+    assert!(
+        shm_path.ends_with(&format!("/cri/pods/{pod}/shm")),
+        "{shm_path}"
+    );
+    let host_mount = |path: &str| -> Option<String> {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        mounts
+            .lines()
+            .find(|l| l.split(' ').nth(1) == Some(path))
+            .map(str::to_owned)
+    };
+    let mount = host_mount(&shm_path).expect("the pod's shm is mounted");
+    assert!(
+        mount.starts_with("shm ") && mount.contains(" tmpfs "),
+        "{mount}"
+    );
+
+    // Inside: a tmpfs of 64 MiB, mode 1777, nosuid/nodev/noexec.
+    let line = env.sh(&reader, "grep ' /dev/shm ' /proc/self/mounts");
+    assert!(line.contains(" tmpfs "), "{line}");
+    for flag in ["nosuid", "nodev", "noexec", "size=65536k"] {
+        assert!(line.contains(flag), "{flag} missing: {line}");
+    }
+    assert_eq!(env.sh(&reader, "stat -c %a /dev/shm"), "1777");
+
+    // A file written by one container is seen by the other of the pod, not by another pod.
+    env.sh(&writer, "echo from-writer > /dev/shm/berth-shm-test");
+    assert_eq!(
+        env.sh(&reader, "cat /dev/shm/berth-shm-test"),
+        "from-writer"
+    );
+    assert_eq!(
+        std::fs::read_to_string(format!("{shm_path}/berth-shm-test")).unwrap(),
+        "from-writer\n"
+    );
+    assert_eq!(
+        env.sh(
+            &other,
+            "test -e /dev/shm/berth-shm-test && echo seen || echo absent"
+        ),
+        "absent"
+    );
+    env.sh(&other, "echo from-other > /dev/shm/berth-shm-test");
+    assert_eq!(
+        env.sh(&reader, "cat /dev/shm/berth-shm-test"),
+        "from-writer"
+    );
+
+    // A pod in the host's ipc namespace has no shm of its own.
+    let mut host_ipc = env.cri.pod_config("shm-host").unwrap();
+    host_ipc
+        .linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .namespace_options
+        .as_mut()
+        .unwrap()
+        .ipc = cri::NamespaceMode::Node as i32;
+    let host_pod = env.cri.run_pod(host_ipc).unwrap();
+    assert_eq!(record(&host_pod)["shm_path"], "");
+
+    // RemovePodSandbox unmounts and deletes it (its containers too); twice is fine.
+    for _ in 0..2 {
+        env.cri
+            .block_on(rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: pod.clone(),
+            }))
+            .unwrap();
+    }
+    assert_eq!(host_mount(&shm_path), None);
+    assert!(!std::path::Path::new(&shm_path).exists());
+    assert_eq!(env.sh(&other, "cat /dev/shm/berth-shm-test"), "from-other");
     env.finish();
 }

@@ -1,11 +1,11 @@
 //! Pod sandboxes through berth's CRI facade (cri.sock), against a real berth: the pod
 //! lifecycle and its status, filters, files and pinned namespaces; two pods that reach each
 //! other and do not share ipc/uts; host network and hostPorts; bad input; restarts of the
-//! services; and the runtime-wide RPCs.
+//! services; the list streams; and the runtime-wide RPCs.
 //!
-//! Each test runs its own berth (own bridge, nft table, address pool 10.200-10.206, cgroup
-//! parent) and ends with [`CriBerth::stop`], which checks that nothing is left behind. Traffic
-//! only goes to addresses inside the test's pod network and to the host's own address.
+//! Each test runs its own berth (own bridge, nft table, address pool 10.200-10.206 or 10.210,
+//! cgroup parent) and ends with [`CriBerth::stop`], which checks that nothing is left behind.
+//! Traffic only goes to addresses inside the test's pod network and to the host's own address.
 
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
@@ -941,5 +941,224 @@ fn pods_join_a_cni_network_named_in_the_config() -> Result<()> {
             ra["netns_path"].as_str().context("netns")?
         ))
         .args(["busybox", "ping", "-c", "1", "-W", "2", ipb]))?;
+    env.stop()
+}
+
+/// Every message of `s` until EOF.
+async fn drain<T>(mut s: tonic::Streaming<T>) -> Result<Vec<T>, tonic::Status> {
+    let mut out = Vec::new();
+    while let Some(m) = s.message().await? {
+        out.push(m);
+    }
+    Ok(out)
+}
+
+/// Item ids of each message of a CRIListStreaming answer: no message is empty, no id repeats,
+/// and together they are `expected` (the List RPC's answer).
+fn check_pages(what: &str, pages: Vec<Vec<String>>, expected: &[String]) {
+    assert!(pages.iter().all(|p| !p.is_empty()), "{what}: empty message");
+    let mut got = pages.concat();
+    got.sort();
+    let mut unique = got.clone();
+    unique.dedup();
+    assert_eq!(got, unique, "{what}: an item twice");
+    let mut expected = expected.to_vec();
+    expected.sort();
+    assert_eq!(got, expected, "{what}");
+}
+
+/// The CRIListStreaming RPCs (cri-api v0.36.3): StreamPodSandboxes, StreamContainers,
+/// StreamContainerStats, StreamPodSandboxStats and StreamPodSandboxMetrics send the items of
+/// their List RPC in non-empty messages, each item once, then EOF, and no message when there
+/// is nothing (nothing yet, or a filter that selects nothing); ListMetricDescriptors and
+/// ListPodSandboxMetrics are empty (berth exports no metrics beyond the stats RPCs).
+#[test]
+fn list_streams_and_metrics() -> Result<()> {
+    let env = CriBerth::start(Mode::AllInOne, "10.210.0.0", "")?;
+    let mut rt = env.runtime()?;
+    let streams =
+        |rt: &mut berth_api::runtime::v1::runtime_service_client::RuntimeServiceClient<
+            berth_api::client::Channel,
+        >,
+         pod: &str,
+         container: &str|
+         -> Result<[Vec<Vec<String>>; 5]> {
+            env.block_on(async {
+                let pods = drain(
+                    rt.stream_pod_sandboxes(cri::StreamPodSandboxesRequest {
+                        filter: Some(cri::PodSandboxFilter {
+                            id: pod.to_owned(),
+                            ..Default::default()
+                        }),
+                    })
+                    .await?
+                    .into_inner(),
+                )
+                .await?;
+                let containers = drain(
+                    rt.stream_containers(cri::StreamContainersRequest {
+                        filter: Some(cri::ContainerFilter {
+                            pod_sandbox_id: pod.to_owned(),
+                            id: container.to_owned(),
+                            ..Default::default()
+                        }),
+                    })
+                    .await?
+                    .into_inner(),
+                )
+                .await?;
+                let container_stats = drain(
+                    rt.stream_container_stats(cri::StreamContainerStatsRequest {
+                        filter: Some(cri::ContainerStatsFilter {
+                            pod_sandbox_id: pod.to_owned(),
+                            id: container.to_owned(),
+                            ..Default::default()
+                        }),
+                    })
+                    .await?
+                    .into_inner(),
+                )
+                .await?;
+                let pod_stats = drain(
+                    rt.stream_pod_sandbox_stats(cri::StreamPodSandboxStatsRequest {
+                        filter: Some(cri::PodSandboxStatsFilter {
+                            id: pod.to_owned(),
+                            ..Default::default()
+                        }),
+                    })
+                    .await?
+                    .into_inner(),
+                )
+                .await?;
+                let metrics = drain(
+                    rt.stream_pod_sandbox_metrics(cri::StreamPodSandboxMetricsRequest {})
+                        .await?
+                        .into_inner(),
+                )
+                .await?;
+                let attr =
+                    |a: Option<cri::ContainerAttributes>| a.map(|a| a.id).unwrap_or_default();
+                let pattr =
+                    |a: Option<cri::PodSandboxAttributes>| a.map(|a| a.id).unwrap_or_default();
+                Ok::<_, anyhow::Error>([
+                    pods.into_iter()
+                        .map(|m| m.pod_sandboxes.into_iter().map(|p| p.id).collect())
+                        .collect(),
+                    containers
+                        .into_iter()
+                        .map(|m| m.containers.into_iter().map(|c| c.id).collect())
+                        .collect(),
+                    container_stats
+                        .into_iter()
+                        .map(|m| {
+                            m.container_stats
+                                .into_iter()
+                                .map(|s| attr(s.attributes))
+                                .collect()
+                        })
+                        .collect(),
+                    pod_stats
+                        .into_iter()
+                        .map(|m| {
+                            m.pod_sandbox_stats
+                                .into_iter()
+                                .map(|s| pattr(s.attributes))
+                                .collect()
+                        })
+                        .collect(),
+                    metrics
+                        .into_iter()
+                        .map(|m| {
+                            m.pod_sandbox_metrics
+                                .into_iter()
+                                .map(|m| m.pod_sandbox_id)
+                                .collect()
+                        })
+                        .collect(),
+                ])
+            })
+        };
+
+    // Nothing yet: every stream ends at once, without a message.
+    for (i, pages) in streams(&mut rt, "", "")?.into_iter().enumerate() {
+        assert!(pages.is_empty(), "stream {i}: {pages:?}");
+    }
+    let descriptors = env
+        .block_on(rt.list_metric_descriptors(cri::ListMetricDescriptorsRequest {}))?
+        .into_inner();
+    assert!(descriptors.descriptors.is_empty());
+
+    // Two pods, three running containers.
+    let mut pods = Vec::new();
+    let mut containers = Vec::new();
+    for (name, count) in [("streamed-a", 2), ("streamed-b", 1)] {
+        let config = env.pod_config(name)?;
+        let pod = env.run_pod(config.clone())?;
+        for i in 0..count {
+            let cid = env
+                .block_on(rt.create_container(cri::CreateContainerRequest {
+                    pod_sandbox_id: pod.clone(),
+                    config: Some(container_config(&format!("c{i}"), &["sleep", "600"])),
+                    sandbox_config: Some(config.clone()),
+                }))?
+                .into_inner()
+                .container_id;
+            env.block_on(rt.start_container(cri::StartContainerRequest {
+                container_id: cid.clone(),
+            }))?;
+            containers.push(cid);
+        }
+        pods.push(pod);
+    }
+    let [p, c, cs, ps, m] = streams(&mut rt, "", "")?;
+    check_pages("StreamPodSandboxes", p, &pods);
+    check_pages("StreamContainers", c, &containers);
+    check_pages("StreamContainerStats", cs, &containers);
+    check_pages("StreamPodSandboxStats", ps, &pods);
+    assert!(m.is_empty(), "StreamPodSandboxMetrics: {m:?}");
+
+    // Filtered to one pod: its items only.
+    let [p, c, cs, ps, _] = streams(&mut rt, &pods[0], "")?;
+    check_pages("StreamPodSandboxes", p, &pods[..1]);
+    check_pages("StreamContainers", c, &containers[..2]);
+    check_pages("StreamContainerStats", cs, &containers[..2]);
+    check_pages("StreamPodSandboxStats", ps, &pods[..1]);
+    // A filter that selects nothing: no message.
+    let unknown = "f00".repeat(10);
+    for (i, pages) in streams(&mut rt, &unknown, &unknown)?
+        .into_iter()
+        .enumerate()
+    {
+        assert!(pages.is_empty(), "stream {i}: {pages:?}");
+    }
+    // The List RPCs agree: nothing, and no error.
+    assert!(
+        list(
+            &env,
+            Some(cri::PodSandboxFilter {
+                id: unknown.clone(),
+                ..Default::default()
+            })
+        )?
+        .is_empty()
+    );
+    let stats = env
+        .block_on(rt.list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest {
+            filter: Some(cri::PodSandboxStatsFilter {
+                id: unknown.clone(),
+                ..Default::default()
+            }),
+        }))?
+        .into_inner();
+    assert!(stats.stats.is_empty());
+    let stats = env
+        .block_on(rt.list_container_stats(cri::ListContainerStatsRequest {
+            filter: Some(cri::ContainerStatsFilter {
+                id: unknown,
+                ..Default::default()
+            }),
+        }))?
+        .into_inner();
+    assert!(stats.stats.is_empty());
     env.stop()
 }

@@ -37,8 +37,6 @@ pub const PINNED_LABEL: &str = "io.cri-containerd.pinned";
 pub const MANAGED_LABEL: &str = "io.cri-containerd.image";
 /// Largest manifest, index or config read.
 const MAX_JSON: usize = 4 << 20;
-/// Images per StreamImages message.
-const STREAM_CHUNK: usize = 100;
 
 /// What an image record's target resolves to for this host's platform.
 #[derive(Debug, Clone)]
@@ -627,11 +625,9 @@ impl ImageService for ImageApi {
         request: Request<StreamImagesRequest>,
     ) -> Result<Response<Self::StreamImagesStream>, Status> {
         let images = self.select(request.into_inner().filter).await?;
-        let pages: Vec<Result<StreamImagesResponse, Status>> = images
-            .chunks(STREAM_CHUNK)
-            .map(|c| Ok(StreamImagesResponse { images: c.to_vec() }))
-            .collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(pages))))
+        Ok(Response::new(crate::runtime::pages(images, |images| {
+            StreamImagesResponse { images }
+        })))
     }
 
     async fn image_status(

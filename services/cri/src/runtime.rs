@@ -13,6 +13,22 @@ use crate::Cri;
 /// A boxed server stream of `T`.
 pub type BoxStream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+/// Most items in one message of a CRIListStreaming RPC.
+pub const STREAM_PAGE: usize = 100;
+
+/// The answer of a CRIListStreaming RPC (StreamPodSandboxes, StreamContainers,
+/// StreamContainerStats, StreamPodSandboxStats, StreamPodSandboxMetrics, StreamImages), as
+/// cri-api v0.36.3's api.proto asks: `items` in messages of 1 to [`STREAM_PAGE`] items, each
+/// item in exactly one message, then EOF; no message at all when there is no item.
+pub fn pages<T, R: Send + 'static>(items: Vec<T>, wrap: impl Fn(Vec<T>) -> R) -> BoxStream<R> {
+    let mut items = items.into_iter().peekable();
+    let mut messages = Vec::new();
+    while items.peek().is_some() {
+        messages.push(Ok(wrap(items.by_ref().take(STREAM_PAGE).collect())));
+    }
+    Box::pin(futures::stream::iter(messages))
+}
+
 /// The RuntimeService over the shared [`Cri`] state.
 pub struct RuntimeApi {
     cri: Arc<Cri>,
@@ -85,11 +101,10 @@ impl RuntimeService for RuntimeApi {
         &self,
         request: Request<StreamPodSandboxesRequest>,
     ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
-        let pages =
-            crate::sandbox::status::stream_pages(&self.cri, request.into_inner().filter.as_ref())?;
-        Ok(Response::new(Box::pin(futures::stream::iter(
-            pages.into_iter().map(Ok),
-        ))))
+        let items = crate::sandbox::status::list(&self.cri, request.into_inner().filter.as_ref())?;
+        Ok(Response::new(pages(items, |pod_sandboxes| {
+            StreamPodSandboxesResponse { pod_sandboxes }
+        })))
     }
 
     async fn create_container(
@@ -143,9 +158,9 @@ impl RuntimeService for RuntimeApi {
     ) -> Result<Response<Self::StreamContainersStream>, Status> {
         let containers =
             crate::container::status::list(&self.cri, request.into_inner().filter).await?;
-        Ok(Response::new(Box::pin(futures::stream::iter([Ok(
-            StreamContainersResponse { containers },
-        )]))))
+        Ok(Response::new(pages(containers, |containers| {
+            StreamContainersResponse { containers }
+        })))
     }
 
     async fn container_status(
@@ -231,9 +246,9 @@ impl RuntimeService for RuntimeApi {
     ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
         let container_stats =
             crate::container::stats::list(&self.cri, request.into_inner().filter).await?;
-        Ok(Response::new(Box::pin(futures::stream::iter([Ok(
-            StreamContainerStatsResponse { container_stats },
-        )]))))
+        Ok(Response::new(pages(container_stats, |container_stats| {
+            StreamContainerStatsResponse { container_stats }
+        })))
     }
 
     async fn pod_sandbox_stats(
@@ -264,9 +279,10 @@ impl RuntimeService for RuntimeApi {
     ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
         let pod_sandbox_stats =
             crate::sandbox::stats::list(&self.cri, request.into_inner().filter.as_ref()).await?;
-        Ok(Response::new(Box::pin(futures::stream::iter([Ok(
-            StreamPodSandboxStatsResponse { pod_sandbox_stats },
-        )]))))
+        Ok(Response::new(pages(
+            pod_sandbox_stats,
+            |pod_sandbox_stats| StreamPodSandboxStatsResponse { pod_sandbox_stats },
+        )))
     }
 
     async fn update_runtime_config(
@@ -334,13 +350,13 @@ impl RuntimeService for RuntimeApi {
         &self,
         request: Request<StreamPodSandboxMetricsRequest>,
     ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
-        // berth exports no pod metrics beyond the stats RPCs: one empty answer.
+        // berth exports no pod metrics beyond the stats RPCs: no message, only EOF.
         let _ = request;
-        Ok(Response::new(Box::pin(futures::stream::iter([Ok(
+        Ok(Response::new(pages(Vec::new(), |pod_sandbox_metrics| {
             StreamPodSandboxMetricsResponse {
-                pod_sandbox_metrics: Vec::new(),
-            },
-        )]))))
+                pod_sandbox_metrics,
+            }
+        })))
     }
 
     async fn runtime_config(
@@ -359,5 +375,27 @@ impl RuntimeService for RuntimeApi {
     ) -> Result<Response<UpdatePodSandboxResourcesResponse>, Status> {
         crate::sandbox::status::update_resources(&self.cri, &request.into_inner())?;
         Ok(Response::new(UpdatePodSandboxResourcesResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn pages_hold_each_item_once_and_nothing_when_empty() {
+        let sizes: Vec<Vec<usize>> = pages((0..250).collect(), |v: Vec<usize>| v)
+            .map(|m| m.unwrap())
+            .collect()
+            .await;
+        assert_eq!(
+            sizes.iter().map(Vec::len).collect::<Vec<_>>(),
+            [100, 100, 50]
+        );
+        assert_eq!(sizes.concat(), (0..250).collect::<Vec<_>>());
+        let none: Vec<_> = pages(Vec::<u8>::new(), |v| v).collect().await;
+        assert!(none.is_empty());
     }
 }

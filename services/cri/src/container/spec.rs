@@ -78,7 +78,9 @@ pub fn build(input: &Input<'_>) -> Result<Value, Status> {
     }
     pod_files(&mut spec, pod, config, sc.readonly_rootfs);
     if pod.ipc_ns_path.is_empty() {
-        host_shm(&mut spec);
+        shared_shm(&mut spec, "/dev/shm", &[]);
+    } else if !pod.shm_path.is_empty() {
+        shared_shm(&mut spec, &pod.shm_path, &["nosuid", "nodev", "noexec"]);
     }
     rootfs_propagation(&mut spec, config);
     if !pod.cgroup_parent.is_empty() {
@@ -426,15 +428,22 @@ fn pod_files(spec: &mut Value, pod: &Sandbox, config: &cri::ContainerConfig, rea
     }
 }
 
-/// A container in the host's ipc namespace shares the host's /dev/shm too.
-fn host_shm(spec: &mut Value) {
+/// Bind-mounts `source` at /dev/shm: the host's /dev/shm for a container in the host's ipc
+/// namespace, else the pod's shm tmpfs, so that the pod's containers share POSIX shm. `flags`
+/// are added to the bind mount's options.
+fn shared_shm(spec: &mut Value, source: &str, flags: &[&str]) {
     if let Some(mounts) = spec["mounts"].as_array_mut() {
+        let options: Vec<&str> = ["rbind", "rprivate", "rw"]
+            .iter()
+            .chain(flags)
+            .copied()
+            .collect();
         mounts.retain(|m| m["destination"] != "/dev/shm");
         mounts.push(json!({
             "destination": "/dev/shm",
             "type": "bind",
-            "source": "/dev/shm",
-            "options": ["rbind", "rprivate", "rw"],
+            "source": source,
+            "options": options,
         }));
     }
 }

@@ -3,10 +3,11 @@
 //! Run validates the whole request first, reserves the pod's unique name, then makes in order:
 //! the pod directory `<state>/cri/pods/<id>/`, the network namespace (network service
 //! CreateNetns, `net.*` sysctls, Attach to `[cri] pod_network` with the hostPorts), the ipc and
-//! uts namespaces (pinned in the pod directory), the hostname, hosts and resolv.conf files, and
-//! last the record. Whatever fails, what was made is undone in reverse order. Stop stops the
-//! pod's containers and detaches its network; Remove also removes its containers, namespaces,
-//! files and record. Both succeed for an unknown pod, as the CRI requires.
+//! uts namespaces (pinned in the pod directory), the pod's /dev/shm tmpfs, the hostname, hosts
+//! and resolv.conf files, and last the record. Whatever fails, what was made is undone in
+//! reverse order. Stop stops the pod's containers and detaches its network; Remove also removes
+//! its containers, namespaces, shm, files and record. Both succeed for an unknown pod, as the
+//! CRI requires.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use tonic::{Code, Status};
 
 use super::namespaces::{self, Pinned};
 use super::record::{Dns, Metadata, NamespaceMode, Network, PortMapping, Sandbox, SecurityContext};
+use super::shm;
 use crate::Cri;
 use crate::container::{containers_client, lifecycle as container_lifecycle};
 
@@ -286,10 +288,14 @@ struct Made {
     netns: bool,
     attached: Option<String>,
     pinned: Pinned,
+    shm: Option<PathBuf>,
 }
 
 impl Made {
     async fn undo(self, cri: &Cri, id: &str) {
+        if let Some(shm) = &self.shm {
+            shm::unmount(shm);
+        }
         namespaces::release(&self.pinned);
         if let Ok(mut client) = network_client(cri).await {
             if let Some(network) = self.attached {
@@ -449,6 +455,11 @@ async fn make(
             .map_err(|e| Status::internal(format!("pod namespaces: {e}")))?;
     sandbox.ipc_ns_path = path_string(&made.pinned.ipc);
     sandbox.uts_ns_path = path_string(&made.pinned.uts);
+    if !host_ipc {
+        let path = shm::mount(&dir).map_err(|e| Status::internal(format!("pod shm: {e}")))?;
+        sandbox.shm_path = path.to_string_lossy().into_owned();
+        made.shm = Some(path);
+    }
     write_files(sandbox, &dir, host_network, attachment.as_ref())
 }
 
@@ -598,6 +609,9 @@ pub async fn remove(cri: &Cri, id: &str) -> Result<(), Status> {
             namespaces::unpin(Path::new(p));
         }
     }
+    if !sandbox.shm_path.is_empty() {
+        shm::unmount(Path::new(&sandbox.shm_path));
+    }
     let dir = pod_dir(cri, &sandbox.id);
     match std::fs::remove_dir_all(&dir) {
         Ok(()) => {}
@@ -628,6 +642,7 @@ pub fn sweep_orphans(state: &Path, sandboxes: &super::Sandboxes) -> Result<Vec<S
                 namespaces::unpin(&path);
             }
         }
+        shm::unmount(&entry.path().join("shm"));
         if std::fs::remove_dir_all(entry.path()).is_ok() {
             tracing::warn!(%id, "removed the files of a pod sandbox that was never recorded");
             swept.push(id);

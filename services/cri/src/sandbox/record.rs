@@ -279,6 +279,8 @@ pub struct Sandbox {
     pub ipc_ns_path: String,
     /// Pinned uts namespace; empty for host network (which shares the host's hostname).
     pub uts_ns_path: String,
+    /// The pod's /dev/shm tmpfs, shared by its containers; empty for host ipc.
+    pub shm_path: String,
     /// How the pod's containers get their pid namespace.
     pub pid_mode: NamespaceMode,
     /// Hostname of the pod.

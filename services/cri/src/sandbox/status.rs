@@ -1,5 +1,5 @@
-//! PodSandboxStatus, ListPodSandbox, StreamPodSandboxes and UpdatePodSandboxResources, answered
-//! from the pod records.
+//! PodSandboxStatus, ListPodSandbox (also the items of StreamPodSandboxes) and
+//! UpdatePodSandboxResources, answered from the pod records.
 
 use std::collections::HashMap;
 
@@ -9,9 +9,6 @@ use tonic::Status;
 
 use super::record::Sandbox;
 use crate::Cri;
-
-/// How many pods one StreamPodSandboxes message carries.
-const STREAM_PAGE: usize = 100;
 
 /// PodSandboxStatus; with `verbose`, `info["info"]` is the record as JSON (like containerd's).
 pub fn status(cri: &Cri, id: &str, verbose: bool) -> Result<cri::PodSandboxStatusResponse, Status> {
@@ -80,20 +77,6 @@ pub fn list(
         .collect();
     all.sort_by_key(|s| s.created_at);
     Ok(all.iter().map(Sandbox::to_cri).collect())
-}
-
-/// StreamPodSandboxes: the same pods as [`list`], in pages of up to 100.
-pub fn stream_pages(
-    cri: &Cri,
-    filter: Option<&cri::PodSandboxFilter>,
-) -> Result<Vec<cri::StreamPodSandboxesResponse>, Status> {
-    let all = list(cri, filter)?;
-    Ok(all
-        .chunks(STREAM_PAGE)
-        .map(|c| cri::StreamPodSandboxesResponse {
-            pod_sandboxes: c.to_vec(),
-        })
-        .collect())
 }
 
 /// CRI `LinuxContainerResources` as JSON (the record keeps them this way).
