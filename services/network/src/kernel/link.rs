@@ -108,6 +108,36 @@ pub async fn delete(handle: &Handle, name: &str) -> Result<()> {
     }
 }
 
+/// Takes the link named `name` out of service at once (sets it down, so the bridge stops
+/// forwarding to it) and deletes it in the background on a netlink socket of its own: a
+/// deletion waits in the kernel for RCU callbacks (tens of milliseconds) and nothing needs the
+/// link gone synchronously once it is down. Returns the deletion task (none when the link is
+/// missing, which is not an error).
+pub async fn retire(handle: &Handle, name: &str) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(index) = index(handle, name).await? else {
+        return Ok(None);
+    };
+    match handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).down().build())
+        .execute()
+        .await
+    {
+        Ok(()) => {}
+        Err(e) if errno(&e) == ENODEV => return Ok(None),
+        Err(e) => return Err(Error::netlink(format!("set {name} down"), e)),
+    }
+    let own = crate::kernel::netns::connect()?;
+    let name = name.to_owned();
+    Ok(Some(tokio::spawn(async move {
+        match own.link().del(index).execute().await {
+            Ok(()) => {}
+            Err(e) if errno(&e) == ENODEV => {}
+            Err(e) => tracing::warn!(link = %name, error = %e, "could not delete a retired link"),
+        }
+    })))
+}
+
 /// What one veth pair looks like.
 pub struct Veth<'a> {
     /// Host end name.

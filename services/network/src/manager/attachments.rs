@@ -141,6 +141,11 @@ impl Manager {
         interface: String,
         ip: Ipv4Addr,
     ) -> Result<Attachment> {
+        // A veth retired from this netns keeps its container end (and so its name) until the
+        // deletion ends.
+        for deletion in st.retiring.remove(&netns_path).unwrap_or_default() {
+            let _ = deletion.await;
+        }
         let (ports, reservations) = self.publish(st, network, &spec.ports)?;
         let network = self.activate(st, network).await?;
         let gateway = (!network.internal).then_some(network.gateway);
@@ -312,7 +317,19 @@ impl Manager {
             return Ok(());
         };
         match net.driver {
-            Driver::Bridge => link::delete(&self.host, &attachment.host_interface).await?,
+            Driver::Bridge => {
+                if let Some(deletion) = link::retire(&self.host, &attachment.host_interface).await?
+                {
+                    st.retiring.retain(|_, running| {
+                        running.retain(|d| !d.is_finished());
+                        !running.is_empty()
+                    });
+                    st.retiring
+                        .entry(attachment.netns_path.clone())
+                        .or_default()
+                        .push(deletion);
+                }
+            }
             Driver::Cni => self.detach_cni(&net, &attachment).await?,
         }
         st.attachments.remove(&key);

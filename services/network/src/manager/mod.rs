@@ -101,6 +101,8 @@ struct State {
     active: HashMap<String, Option<JoinHandle<()>>>,
     /// The ruleset last written to the kernel.
     applied: Option<Ruleset>,
+    /// Deletions of retired veths still running, by the netns their container end is in.
+    retiring: HashMap<PathBuf, Vec<JoinHandle<()>>>,
 }
 
 impl State {
