@@ -19,7 +19,7 @@ use berth_api::runtime::v1::runtime_service_client::RuntimeServiceClient;
 
 use crate::fixtures::images;
 use crate::harness::{self, mounts_under, unmount_under};
-use crate::host::links_with;
+use crate::host::{files_under, links_with, network_leftovers};
 use crate::{Berth, Mode, Options, cleanup};
 
 /// The berth namespace of CRI objects.
@@ -160,28 +160,14 @@ impl CriBerth {
     /// Kernel objects of this instance still on the host: links, the nft table, addresses of
     /// the pool, netns pins, mounts under the state directory.
     pub fn leftovers(&self) -> Result<Vec<String>> {
-        let mut left: Vec<String> = links_with(&format!("berth-c{}", self.tag))?
-            .into_iter()
-            .map(|l| format!("link {l}"))
-            .collect();
-        let table = Command::new("nft")
-            .args(["list", "table", "ip", &format!("berth_c{}", self.tag)])
-            .output()?;
-        if table.status.success() {
-            left.push(format!(
-                "nft table: {}",
-                String::from_utf8_lossy(&table.stdout)
-            ));
-        }
-        let addrs = Command::new("ip").args(["-4", "-o", "addr"]).output()?;
-        for line in String::from_utf8_lossy(&addrs.stdout).lines() {
-            if line.contains(&format!(" {}.", self.pool)) {
-                left.push(format!("address {line}"));
-            }
-        }
+        let mut left = network_leftovers(
+            &format!("berth-c{}", self.tag),
+            &format!("berth_c{}", self.tag),
+            &self.pool,
+        )?;
         for dir in ["netns", "cri/pods"] {
             let path = self.berth().state().join(dir);
-            for entry in walk(&path) {
+            for entry in files_under(&path) {
                 left.push(format!("{dir} {}", entry.display()));
             }
         }
@@ -246,20 +232,6 @@ impl Drop for CriBerth {
         }
         let _ = cleanup::remove_cgroup_parent(&self.cgroup_parent());
     }
-}
-
-/// Files (not directories) under `dir`, recursively.
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = e.path();
-        if path.is_dir() && !path.is_symlink() {
-            found.extend(walk(&path));
-        } else {
-            found.push(path);
-        }
-    }
-    found
 }
 
 /// A minimal pod config: metadata (uid `uid-<name>`, namespace `default`), hostname `name`,

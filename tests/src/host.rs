@@ -60,3 +60,45 @@ pub fn wget_body(what: &str, out: &Output) -> Option<String> {
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
+
+/// Files (and links, not followed) under `dir`, recursively; nothing when `dir` is missing.
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            files.extend(files_under(&e.path()));
+        } else {
+            files.push(e.path());
+        }
+    }
+    files
+}
+
+/// Network objects of a test instance still on the host: links named `link_prefix*`, the nft
+/// table `nft_table`, and addresses in the pool whose dotted text starts with `pool_prefix`.
+pub fn network_leftovers(
+    link_prefix: &str,
+    nft_table: &str,
+    pool_prefix: &str,
+) -> anyhow::Result<Vec<String>> {
+    let mut left: Vec<String> = links_with(link_prefix)?
+        .into_iter()
+        .map(|l| format!("link {l}"))
+        .collect();
+    let table = Command::new("nft")
+        .args(["list", "table", "ip", nft_table])
+        .output()?;
+    if table.status.success() {
+        left.push(format!(
+            "nft table: {}",
+            String::from_utf8_lossy(&table.stdout)
+        ));
+    }
+    let addrs = Command::new("ip").args(["-4", "-o", "addr"]).output()?;
+    for line in String::from_utf8_lossy(&addrs.stdout).lines() {
+        if line.contains(&format!(" {pool_prefix}.")) {
+            left.push(format!("address {line}"));
+        }
+    }
+    Ok(left)
+}

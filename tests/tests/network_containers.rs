@@ -8,7 +8,7 @@
 //! every wait and request loop is bounded.
 
 use std::net::Ipv4Addr;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
@@ -16,7 +16,7 @@ use berth_tests::cleanup;
 use berth_tests::fixtures::images;
 use berth_tests::fixtures::registry::free_port;
 use berth_tests::harness::{self, mounts_under};
-use berth_tests::host::{host_address, host_wget, links_with, wget_body};
+use berth_tests::host::{files_under, host_address, host_wget, network_leftovers, wget_body};
 use berth_tests::{Berth, Mode, Options};
 
 /// Serves `/www/index.html` (the container's name) with busybox httpd on port 80.
@@ -152,27 +152,13 @@ impl Env {
     /// Kernel objects of this test still on the host: links, the nft table, addresses of the
     /// pool, netns pins.
     fn leftovers(&self) -> Result<Vec<String>> {
-        let mut left: Vec<String> = links_with(&format!("berth-n{}", self.tag))?
-            .into_iter()
-            .map(|l| format!("link {l}"))
-            .collect();
-        let table = Command::new("nft")
-            .args(["list", "table", "ip", &format!("berth_n{}", self.tag)])
-            .output()?;
-        if table.status.success() {
-            left.push(format!(
-                "nft table: {}",
-                String::from_utf8_lossy(&table.stdout)
-            ));
-        }
-        let addrs = Command::new("ip").args(["-4", "-o", "addr"]).output()?;
-        for line in String::from_utf8_lossy(&addrs.stdout).lines() {
-            if line.contains(&format!(" {}.", self.pool)) {
-                left.push(format!("address {line}"));
-            }
-        }
+        let mut left = network_leftovers(
+            &format!("berth-n{}", self.tag),
+            &format!("berth_n{}", self.tag),
+            &self.pool,
+        )?;
         let netns = self.berth().state().join("netns");
-        for ns in walk(&netns) {
+        for ns in files_under(&netns) {
             left.push(format!("netns {}", ns.display()));
         }
         left.extend(
@@ -216,19 +202,6 @@ impl Drop for Env {
             );
         }
     }
-}
-
-/// Files under `dir`, recursively.
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            files.extend(walk(&e.path()));
-        } else {
-            files.push(e.path());
-        }
-    }
-    files
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! Every test runs its own berth with its own bridge, nft table, address pool and cgroup parent
 //! (`berth-test-<tag>`, removed when the test stops: a container cgroup left in it is a leak).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -1335,27 +1335,12 @@ fn eight_clients_500_run_rm_cycles_leave_nothing() -> Result<()> {
     ensure!(mounts.is_empty(), "mounts left: {mounts:?}");
     let cgroups = env.container_cgroups();
     ensure!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
-    let netns: Vec<_> = walk_files(&berth.state())
+    let netns: Vec<_> = berth_tests::host::files_under(&berth.state())
         .into_iter()
         .filter(|p| p.to_string_lossy().contains("netns"))
         .collect();
     ensure!(netns.is_empty(), "netns pins left: {netns:?}");
     env.stop()
-}
-
-fn walk_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(e.path());
-            } else {
-                out.push(e.path());
-            }
-        }
-    }
-    out
 }
 
 #[test]
